@@ -1,0 +1,99 @@
+"""Shared fixtures: one real local stack per test session, on ports of its own.
+
+The environment is set here, before anything imports `pipelines.settings` or
+Airflow, so a developer's running stack (default ports, ./state) is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_STATE = Path(os.environ.get("PIPELINES_TEST_STATE") or tempfile.mkdtemp(prefix="pipelines-test-"))
+ARTIFACTS = ROOT / "test-artifacts"
+
+for var in ("WEAVIATE_URL", "WEAVIATE_GRPC_URL", "WEAVIATE_API_KEY", "MLFLOW_TRACKING_URI", "DOCUMENTS_URL"):
+    os.environ.pop(var, None)
+# Ports may be overridden so that two test sessions can run side by side.
+for var, port in (("WEAVIATE_HTTP_PORT", 18090), ("WEAVIATE_GRPC_PORT", 50061), ("MLFLOW_PORT", 15050),
+                  ("AIRFLOW_PORT", 18080)):  # fmt: skip
+    os.environ.setdefault(var, str(port))
+os.environ.update(
+    PIPELINES_STATE_DIR=str(TEST_STATE / "stack"),
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    TOKENIZERS_PARALLELISM="false",
+    GIT_PYTHON_REFRESH="quiet",
+)
+
+# dag.test() runs tasks in this process against a metadata DB of its own, so the
+# stack's scheduler never sees (and never races) those runs.
+_DAGTEST_HOME = TEST_STATE / "airflow-dagtest"
+_DAGTEST_HOME.mkdir(parents=True, exist_ok=True)
+os.environ.update(
+    AIRFLOW_HOME=str(_DAGTEST_HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{_DAGTEST_HOME / 'airflow.db'}",
+    AIRFLOW__CORE__UNIT_TEST_MODE="False",
+)
+
+from pipelines import stack as stack_module  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings of the test stack (separate ports and state folder)."""
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Settings]:
+    """Weaviate, MLflow and Airflow, really started once per session and stopped by PID."""
+    stack_module.up(settings, with_airflow=True)
+    try:
+        yield settings
+    finally:
+        stack_module.down(settings)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated metadata DB for dag.test() runs in this process."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
+    return _DAGTEST_HOME
+
+
+def make_dvc_project(root: Path, with_data: bool = True) -> Path:
+    """A throwaway git + DVC project holding a copy of the tracked sample under data/."""
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    remote = root.parent / f"{root.name}-remote"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=root, check=True)
+    if with_data:
+        shutil.copytree(ROOT / "data", root / "data")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh DVC project with the sample data, for tests that version data."""
+    return make_dvc_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests save things people want to look at (screenshots, plots)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
