@@ -71,10 +71,15 @@ class Settings(BaseSettings):
             r"\b\d{3}-\d{2}-\d{4}\b",  # US social security number
             r"AKIA[0-9A-Z]{16}",  # AWS access key id
             r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
-            r"\b(?:\d[ -]?){13,16}\b(?<=\d)",  # payment card numbers
+            r"\b(?:4\d{3}|5[1-5]\d{2})(?:[ -]?\d{4}){3}\b",  # Visa / Mastercard numbers
+            r"(?i)\b(?:api[_-]?key|secret|password)\s*[:=]\s*\S{8,}",  # inline credentials
         ],
         alias="PII_PATTERNS",
     )
+
+    # Retrieval: weight of the vector side in hybrid search (0 = BM25 only, 1 = vector only).
+    hybrid_alpha: float = Field(default=0.5, alias="HYBRID_ALPHA")
+    golden_dir: Path | None = Field(default=None, alias="GOLDEN_DIR")
 
     # Retrieval quality gate: a run may fall at most this far below the last accepted one.
     retrieval_tolerance: float = Field(default=0.02, alias="RETRIEVAL_TOLERANCE")
@@ -96,8 +101,12 @@ class Settings(BaseSettings):
         return (self.drop_dir or self.state_dir / "drops") / "training"
 
     @property
-    def manifest_path(self) -> Path:
-        return self.state_dir / "index" / "manifest.json"
+    def golden_set_dir(self) -> Path:
+        return self.golden_dir or self.data_dir / "golden"
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.state_dir / "index" / "manifests"
 
     @property
     def vector_cache_path(self) -> Path:

@@ -1,0 +1,119 @@
+"""Retrieval quality on a golden query set, and the gate that guards the index.
+
+Metrics come from pytrec_eval (the TREC reference implementation). Judgements
+are at document level: a document ranks by its best chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.knowledge.retrieval import MODES, Retriever
+
+METRICS = {"ndcg_cut_10": "ndcg_at_10", "recall_10": "recall_at_10", "recip_rank": "mrr"}
+CHUNKS_PER_QUERY = 50
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+@dataclass
+class RetrievalReport:
+    """Mean metrics per mode (hybrid, vector, bm25), per-query detail and latency."""
+
+    metrics: dict[str, dict[str, float]]
+    per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def flat(self) -> dict[str, float]:
+        """`hybrid_ndcg_at_10`-style names, ready for MLflow."""
+        return {f"{mode}_{name}": value for mode, values in self.metrics.items() for name, value in values.items()}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a run may go live, and why."""
+
+    passed: bool
+    reasons: list[str]
+    baseline_run_id: str | None = None
+
+
+def load_golden(directory: Path) -> GoldenSet:
+    """`queries.jsonl` (BEIR) and `qrels.tsv` (query-id, doc-id, score)."""
+    queries = {}
+    for line in (directory / "queries.jsonl").read_text().split("\n"):
+        if line.strip():
+            row = json.loads(line)
+            queries[str(row["_id"])] = str(row["text"])
+    qrels: dict[str, dict[str, int]] = {}
+    with (directory / "qrels.tsv").open() as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            doc = row.get("doc-id") or row.get("corpus-id") or ""
+            qrels.setdefault(row["query-id"], {})[doc] = int(row["score"])
+    return GoldenSet({q: t for q, t in queries.items() if q in qrels}, qrels)
+
+
+def rank_documents(doc_ids: Sequence[str], depth: int = 10) -> dict[str, float]:
+    """Documents in order of their best chunk, as descending scores for pytrec_eval."""
+    ranked: list[str] = []
+    for doc_id in doc_ids:
+        if doc_id not in ranked:
+            ranked.append(doc_id)
+    return {doc_id: float(len(ranked) - i) for i, doc_id in enumerate(ranked[:depth])}
+
+
+def score_runs(golden: GoldenSet, runs: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Per-query metrics from pytrec_eval, renamed to ours."""
+    import pytrec_eval
+
+    evaluator = pytrec_eval.RelevanceEvaluator(golden.qrels, set(METRICS))
+    scored = evaluator.evaluate({q: dict(r) for q, r in runs.items()})
+    return {q: {ours: float(values[theirs]) for theirs, ours in METRICS.items()} for q, values in scored.items()}
+
+
+def evaluate_retrieval(retriever: Retriever, golden: GoldenSet, modes: Sequence[str] = MODES) -> RetrievalReport:
+    """Run every golden query in every mode and average the metrics."""
+    report = RetrievalReport(metrics={})
+    for mode in modes:
+        runs = {}
+        for query_id, text in golden.queries.items():
+            started = time.perf_counter()
+            hits = retriever.search(text, k=CHUNKS_PER_QUERY, mode=mode)
+            if mode == "hybrid":
+                report.latencies_ms.append((time.perf_counter() - started) * 1000)
+            runs[query_id] = rank_documents([hit.doc_id for hit in hits])
+        per_query = score_runs(golden, runs)
+        for query_id in golden.queries:  # a query with no hits scores zero, not "missing"
+            per_query.setdefault(query_id, {name: 0.0 for name in METRICS.values()})
+        report.per_query[mode] = per_query
+        report.metrics[mode] = {
+            name: sum(q[name] for q in per_query.values()) / max(len(per_query), 1) for name in METRICS.values()
+        }
+    return report
+
+
+def gate(current: Mapping[str, float], baseline: Mapping[str, float] | None, tolerance: float,
+         baseline_run_id: str | None = None) -> GateDecision:  # fmt: skip
+    """Pass unless hybrid nDCG@10 or Recall@10 fell more than `tolerance` below the baseline."""
+    if not baseline:
+        return GateDecision(True, ["no accepted run yet: this run sets the baseline"], baseline_run_id)
+    reasons, passed = [], True
+    for name in ("hybrid_ndcg_at_10", "hybrid_recall_at_10"):
+        now, before = current.get(name, 0.0), baseline.get(name)
+        if before is None:
+            continue
+        if now < before - tolerance:
+            passed = False
+            reasons.append(f"{name} fell from {before:.4f} to {now:.4f} (tolerance {tolerance})")
+        else:
+            reasons.append(f"{name} {now:.4f} vs baseline {before:.4f}: ok")
+    return GateDecision(passed, reasons, baseline_run_id)

@@ -1,0 +1,139 @@
+"""The retrieval API: hybrid (BM25 + vector) search with source attribution and ACLs.
+
+Access control is a Weaviate filter, applied in the database: a caller only ever
+receives chunks whose `acl` shares a group with theirs (public chunks for all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.knowledge.documents import PUBLIC
+from pipelines.knowledge.embedding import Embedder
+from pipelines.knowledge.index import connect
+from pipelines.settings import Settings
+
+MODES = ("hybrid", "vector", "bm25")
+RETURN_PROPERTIES = ["doc_id", "title", "section", "text", "position", "source_url", "acl"]
+# Every chunk carries its document's title; boosting it lifts BM25 nDCG@10 on the
+# golden set from 0.59 (all properties, equal weight) to 0.72, and hybrid to 0.98.
+KEYWORD_PROPERTIES = ["title^2", "text"]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One retrieved chunk, with everything needed to cite it."""
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    section: str
+    text: str
+    position: int
+    score: float
+    source_url: str
+    acl: tuple[str, ...]
+
+
+def access_filter(user_groups: Sequence[str], filters: Mapping[str, Any] | None = None) -> Any:
+    """ACL filter (the caller's groups plus public) AND equality on `filters`."""
+    from weaviate.classes.query import Filter
+
+    groups = sorted({*user_groups, PUBLIC})
+    combined = Filter.by_property("acl").contains_any(groups)
+    for prop, value in (filters or {}).items():
+        combined = combined & Filter.by_property(prop).equal(value)
+    return combined
+
+
+class Retriever:
+    """Holds one Weaviate client and the query encoder for repeated searches."""
+
+    def __init__(self, client: Any, embedder: Embedder, collection: str, default_alpha: float) -> None:
+        self.client = client
+        self.embedder = embedder
+        self.collection = collection
+        self.default_alpha = default_alpha
+
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        alpha: float | None = None,
+        filters: Mapping[str, Any] | None = None,
+        user_groups: Sequence[str] = (),
+        mode: str = "hybrid",
+    ) -> list[SearchHit]:
+        """Top-k chunks for `query`; `mode` is hybrid, vector or bm25."""
+        from weaviate.classes.query import HybridFusion, MetadataQuery
+
+        target = self.client.collections.use(self.collection)
+        where = access_filter(user_groups, filters)
+        metadata = MetadataQuery(score=True, distance=True)
+        if mode == "bm25":
+            result = target.query.bm25(
+                query, query_properties=KEYWORD_PROPERTIES, limit=k, filters=where,
+                return_metadata=metadata, return_properties=RETURN_PROPERTIES,
+            )  # fmt: skip
+        else:
+            vector = self.embedder.embed([query])[0].tolist()
+            if mode == "vector":
+                result = target.query.near_vector(
+                    vector, limit=k, filters=where, return_metadata=metadata, return_properties=RETURN_PROPERTIES
+                )
+            else:
+                result = target.query.hybrid(
+                    query,
+                    vector=vector,
+                    alpha=self.default_alpha if alpha is None else alpha,
+                    fusion_type=HybridFusion.RELATIVE_SCORE,
+                    query_properties=KEYWORD_PROPERTIES,
+                    limit=k,
+                    filters=where,
+                    return_metadata=metadata,
+                    return_properties=RETURN_PROPERTIES,
+                )
+        return [_hit(obj, mode) for obj in result.objects]
+
+
+def _hit(obj: Any, mode: str) -> SearchHit:
+    props = obj.properties
+    if mode == "vector":
+        score = 1.0 - float(obj.metadata.distance or 0.0)
+    else:
+        score = float(obj.metadata.score or 0.0)
+    return SearchHit(
+        str(obj.uuid),
+        str(props["doc_id"]),
+        str(props.get("title") or ""),
+        str(props.get("section") or ""),
+        str(props.get("text") or ""),
+        int(props.get("position") or 0),
+        score,
+        str(props.get("source_url") or ""),
+        tuple(props.get("acl") or ()),
+    )
+
+
+@contextmanager
+def open_retriever(settings: Settings, collection: str | None = None) -> Iterator[Retriever]:
+    """A retriever over the alias (or a given collection) of the configured Weaviate."""
+    embedder = Embedder(settings.embedding_model_path, settings.embedding_batch_size)
+    with connect(settings) as client:
+        yield Retriever(client, embedder, collection or settings.collection_alias, settings.hybrid_alpha)
+
+
+def search(
+    settings: Settings,
+    query: str,
+    k: int = 5,
+    alpha: float | None = None,
+    filters: Mapping[str, Any] | None = None,
+    user_groups: Sequence[str] = (),
+) -> list[SearchHit]:
+    """Hybrid search over the live index, restricted to what `user_groups` may read."""
+    with open_retriever(settings) as retriever:
+        return retriever.search(query, k=k, alpha=alpha, filters=filters, user_groups=user_groups)
