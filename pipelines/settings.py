@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     weaviate_grpc_port: int = Field(default=50051, alias="WEAVIATE_GRPC_PORT")
     weaviate_version: str = WEAVIATE_VERSION
     collection_alias: str = Field(default="Documents", alias="WEAVIATE_COLLECTION")
+    delete_page_size: int = Field(default=500, alias="WEAVIATE_DELETE_PAGE_SIZE")
     collections_to_keep: int = Field(default=3, alias="WEAVIATE_COLLECTIONS_TO_KEEP")
 
     # MLflow: unset URI means the local tracking server that `up` starts.

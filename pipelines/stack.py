@@ -235,6 +235,9 @@ def migrate_airflow_db(settings: Settings) -> None:
     env = {**os.environ, **airflow_env(settings)}
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    # One writer at a time on the Weaviate collection, whichever DAG writes.
+    subprocess.run([airflow, "pools", "set", "weaviate_writer", "1", "Serialises writes to the Weaviate collection"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
 
 
 def up(settings: Settings, with_airflow: bool = True, echo: Callable[[str], None] = print) -> None:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,6 +84,12 @@ def make_dvc_project(root: Path, with_data: bool = True) -> Path:
     if with_data:
         shutil.copytree(ROOT / "data", root / "data")
     return root
+
+
+@pytest.fixture
+def dvc_project_factory() -> Callable[..., Path]:
+    """`make_dvc_project` as a fixture, for tests that need several projects."""
+    return make_dvc_project
 
 
 @pytest.fixture

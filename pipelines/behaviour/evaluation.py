@@ -1,0 +1,182 @@
+"""Evaluate a model on the held-out records and the out-of-domain set.
+
+In-domain quality: house-format compliance, ROUGE-L and token-F1 of the answer
+against the reference. Grounding: cited labels exist among the given sources and
+the answer's words come from the cited text. Forgetting: per-token cross-entropy
+on general text. Speed: generated tokens per second (greedy, batched).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipelines.behaviour.dataset import InstructionRecord, OodText
+from pipelines.behaviour.house_format import chat_messages, check_grounding, parse_answer, token_f1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How much to evaluate: a subset keeps CPU runs short."""
+
+    items: int = 12
+    max_new_tokens: int = 64
+    batch_size: int = 4
+    min_support: float = 0.8
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One held-out record scored for one model."""
+
+    model: str
+    record_id: str
+    question: str
+    output: str
+    reference: str
+    format_ok: bool
+    rouge_l: float
+    token_f1: float
+    citations_exist: bool
+    support: float
+    grounded: bool
+
+
+@dataclass
+class ModelReport:
+    """Aggregate scores of one model (base, candidate or champion)."""
+
+    model: str
+    format_compliance: float
+    rouge_l: float
+    token_f1: float
+    citation_validity: float
+    grounding: float
+    ood_cross_entropy: float
+    tokens_per_s: float
+    items: list[ItemResult] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics, prefixed with the model's role, for MLflow."""
+        values = {k: v for k, v in asdict(self).items() if isinstance(v, float)}
+        return {f"{self.model}.{k}": float(v) for k, v in values.items()}
+
+
+def _answer_text(output: str) -> str:
+    parsed = parse_answer(output)
+    return parsed.answer if parsed else output.strip()
+
+
+def score_item(model: str, record: InstructionRecord, output: str, min_support: float = 0.8) -> ItemResult:
+    """Score one generated output against the record's reference answer."""
+    from rouge_score import rouge_scorer
+
+    reference = _answer_text(record.reference)
+    answer = _answer_text(output)
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(reference, answer)["rougeL"].fmeasure
+    parsed = parse_answer(output)
+    grounding = check_grounding(parsed, record.contexts, min_support) if parsed else None
+    return ItemResult(
+        model=model,
+        record_id=record.id,
+        question=record.question,
+        output=output,
+        reference=record.reference,
+        format_ok=parsed is not None,
+        rouge_l=rouge,
+        token_f1=token_f1(answer, reference),
+        citations_exist=bool(grounding and grounding.citations_exist),
+        support=grounding.support if grounding else 0.0,
+        grounded=bool(grounding and grounding.grounded),
+    )
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 4
+) -> tuple[list[str], int, float]:
+    """Greedy answers to chat prompts: (texts, generated tokens, seconds)."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    texts, new_tokens, seconds = [], 0, 0.0
+    for start in range(0, len(prompts), batch_size):
+        chats = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts[start : start + batch_size]]
+        batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        began = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        seconds += time.perf_counter() - began
+        generated = out[:, batch["input_ids"].shape[1] :]
+        new_tokens += int((generated != tokenizer.pad_token_id).sum())
+        texts.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+    return texts, new_tokens, seconds
+
+
+def ood_cross_entropy(model: Any, tokenizer: Any, texts: Sequence[OodText], batch_size: int = 8) -> float:
+    """Mean per-token cross-entropy (nats) of the model on plain general text."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "right"
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer([t.text for t in texts[start : start + batch_size]], return_tensors="pt", padding=True).to(device)
+        with torch.no_grad():
+            logits = model(**batch).logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        mask = batch["attention_mask"][:, 1:].bool()
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_loss += float(losses[mask].sum())
+        total_tokens += int(mask.sum())
+    return total_loss / total_tokens if total_tokens else math.nan
+
+
+def evaluate_model(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[InstructionRecord],
+    ood: Sequence[OodText],
+    config: EvalConfig,
+) -> ModelReport:
+    """Score one model on the first `config.items` held-out records and on the OOD set."""
+    subset = list(records[: config.items])
+    prompts = [chat_messages(r.question, r.contexts) for r in subset]
+    outputs, new_tokens, seconds = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    items = [score_item(name, r, o, config.min_support) for r, o in zip(subset, outputs, strict=True)]
+    n = len(items) or 1
+    return ModelReport(
+        model=name,
+        format_compliance=sum(i.format_ok for i in items) / n,
+        rouge_l=sum(i.rouge_l for i in items) / n,
+        token_f1=sum(i.token_f1 for i in items) / n,
+        citation_validity=sum(i.citations_exist for i in items) / n,
+        grounding=sum(i.grounded for i in items) / n,
+        ood_cross_entropy=ood_cross_entropy(model, tokenizer, ood),
+        tokens_per_s=new_tokens / seconds if seconds else 0.0,
+        items=items,
+    )
+
+
+def forgetting(candidate: ModelReport, base: ModelReport) -> float:
+    """Relative rise of OOD cross-entropy over the base model (0.05 = 5% worse)."""
+    return (candidate.ood_cross_entropy - base.ood_cross_entropy) / base.ood_cross_entropy
+
+
+def summary_table(reports: Sequence[ModelReport]) -> str:
+    """A Markdown table of the aggregate scores, one row per model."""
+    columns = ("format_compliance", "rouge_l", "token_f1", "citation_validity", "grounding", "ood_cross_entropy", "tokens_per_s")
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in reports:
+        lines.append(f"| {r.model} | " + " | ".join(f"{getattr(r, c):.3f}" for c in columns) + " |")
+    return "\n".join(lines)

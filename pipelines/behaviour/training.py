@@ -1,0 +1,208 @@
+"""LoRA fine-tuning of the base model on the instruction records (transformers + peft).
+
+A short, explicit training loop instead of `Trainer`: loss only on the answer
+tokens, batches grouped by length so little compute goes into padding, AdamW on
+the adapter weights alone, warm-up then linear decay, gradient clipping. The
+same code runs on a CPU (float32) and a GPU (bfloat16 autocast).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.behaviour.dataset import InstructionRecord
+from pipelines.behaviour.house_format import chat_messages
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # label value the loss skips (prompt and padding tokens)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of one training run; the defaults finish in minutes on two CPU cores."""
+
+    steps: int = 40
+    epochs: float = 0.0  # > 0 overrides `steps` with whole passes over the data
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
+    max_seq_len: int = 384
+    warmup_ratio: float = 0.1
+    seed: int = 13
+    log_every: int = 5
+
+    def total_steps(self, records: int) -> int:
+        """Optimizer steps: `epochs` passes when set, else `steps`."""
+        return max(1, math.ceil(self.epochs * records / self.batch_size)) if self.epochs > 0 else self.steps
+
+    def as_params(self) -> dict[str, str]:
+        """Flat string values for MLflow params."""
+        return {k: ",".join(v) if isinstance(v, tuple) else str(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenised record: input ids and labels (prompt masked out)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the adapter-wrapped model and how training went."""
+
+    model: Any
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1][1] if self.losses else float("nan")
+
+
+def _ids(encoded: Any) -> list[int]:
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True); 4.x a list.
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def tokenize_record(tokenizer: Any, record: InstructionRecord, max_seq_len: int) -> Example:
+    """Chat-template the record; the loss sees only the assistant answer and its end token."""
+    prompt = _ids(tokenizer.apply_chat_template(chat_messages(record.question, record.contexts), add_generation_prompt=True))
+    full = _ids(tokenizer.apply_chat_template(chat_messages(record.question, record.contexts, record.reference)))
+    full = full[:max_seq_len]
+    labels = [IGNORE] * min(len(prompt), len(full)) + full[len(prompt) :]
+    return Example(full, labels)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """`steps` batches of indices: shuffled each epoch, then sorted by length inside windows of 16 batches."""
+    rng = random.Random(seed)
+    batches: list[list[int]] = []
+    window = batch_size * 16
+    while len(batches) < steps:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        for start in range(0, len(order), window):
+            group = sorted(order[start : start + window], key=lambda i: lengths[i])
+            chunk = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+            rng.shuffle(chunk)
+            batches.extend(chunk)
+    return batches[:steps]
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch to its longest example."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
+    labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in examples]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def add_lora(model: Any, config: TrainConfig) -> Any:
+    """Wrap the base model with fresh LoRA adapters on the attention projections."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python and torch (CPU and GPU) so a run can be repeated."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_adapter(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[InstructionRecord],
+    config: TrainConfig,
+    on_log: Callable[[int, int, float, float], None] | None = None,
+) -> TrainResult:
+    """Train LoRA adapters on `records`; `on_log(step, total, loss, tokens_per_s)` reports progress."""
+    import torch
+
+    seed_everything(config.seed)
+    examples = [tokenize_record(tokenizer, r, config.max_seq_len) for r in records]
+    total = config.total_steps(len(examples))
+    batches = length_grouped_batches([len(e.input_ids) for e in examples], config.batch_size, total, config.seed)
+    peft_model = add_lora(model, config)
+    device = next(peft_model.parameters()).device
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    warmup = max(1, int(total * config.warmup_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    result = TrainResult(model=peft_model)
+    peft_model.train()
+    started, window_loss, window_steps = time.perf_counter(), 0.0, 0
+    for step, batch_ids in enumerate(batches, start=1):
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
+        with autocast:
+            loss = peft_model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.tokens += int(batch["attention_mask"].sum())
+        window_loss, window_steps = window_loss + float(loss), window_steps + 1
+        if step % config.log_every == 0 or step == total:
+            result.seconds = time.perf_counter() - started
+            result.losses.append((step, window_loss / window_steps))
+            log.info("step %d/%d  loss %.4f  %.0f tokens/s", step, total, window_loss / window_steps, result.tokens_per_s)
+            if on_log:
+                on_log(step, total, window_loss / window_steps, result.tokens_per_s)
+            window_loss, window_steps = 0.0, 0
+    result.seconds = time.perf_counter() - started
+    peft_model.eval()
+    return result
+
+
+def plot_losses(losses: Sequence[tuple[int, float]], path: Path) -> Path:
+    """Save the loss curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([s for s, _ in losses], [v for _, v in losses], marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title("LoRA training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
