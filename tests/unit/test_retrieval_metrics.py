@@ -1,0 +1,28 @@
+"""Document-level ranking, pytrec_eval metrics and the quality gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.knowledge.evaluation import GoldenSet, gate, rank_documents, score_runs
+
+
+def test_documents_rank_by_their_best_chunk() -> None:
+    ranked = rank_documents(["b", "a", "b", "c", "a"])
+    assert sorted(ranked, key=ranked.get, reverse=True) == ["b", "a", "c"]
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    golden = GoldenSet({"q1": "x", "q2": "y"}, {"q1": {"a": 1}, "q2": {"z": 1}})
+    scores = score_runs(golden, {"q1": rank_documents(["a", "b"]), "q2": rank_documents(["b", "z"])})
+    assert scores["q1"] == {"ndcg_at_10": 1.0, "recall_at_10": 1.0, "mrr": 1.0}
+    assert scores["q2"]["mrr"] == 0.5
+    assert scores["q2"]["ndcg_at_10"] == pytest.approx(1 / 1.5849625, rel=1e-6)
+
+
+def test_gate_passes_first_run_and_blocks_regression() -> None:
+    assert gate({"hybrid_ndcg_at_10": 0.5}, None, 0.02).passed
+    baseline = {"hybrid_ndcg_at_10": 0.90, "hybrid_recall_at_10": 1.0}
+    assert gate({"hybrid_ndcg_at_10": 0.89, "hybrid_recall_at_10": 1.0}, baseline, 0.02).passed
+    decision = gate({"hybrid_ndcg_at_10": 0.80, "hybrid_recall_at_10": 1.0}, baseline, 0.02)
+    assert not decision.passed and "fell from 0.9000 to 0.8000" in decision.reasons[0]
