@@ -81,9 +81,26 @@ class Settings(BaseSettings):
     # Retrieval: weight of the vector side in hybrid search (0 = BM25 only, 1 = vector only).
     hybrid_alpha: float = Field(default=0.5, alias="HYBRID_ALPHA")
     golden_dir: Path | None = Field(default=None, alias="GOLDEN_DIR")
+    vector_cache_file: Path | None = Field(default=None, alias="VECTOR_CACHE_PATH")
 
     # Retrieval quality gate: a run may fall at most this far below the last accepted one.
     retrieval_tolerance: float = Field(default=0.02, alias="RETRIEVAL_TOLERANCE")
+
+    # LoRA retraining (dags/retrain_lora.py): CPU-friendly defaults, unchanged on a GPU.
+    lora_steps: int = Field(default=40, alias="LORA_STEPS")
+    lora_rank: int = Field(default=8, alias="LORA_RANK")
+    lora_learning_rate: float = Field(default=1e-3, alias="LORA_LEARNING_RATE")
+    lora_batch_size: int = Field(default=4, alias="LORA_BATCH_SIZE")
+    lora_max_seq_len: int = Field(default=384, alias="LORA_MAX_SEQ_LEN")
+    seed: int = Field(default=13, alias="SEED")
+    eval_items: int = Field(default=12, alias="EVAL_ITEMS")
+    eval_max_new_tokens: int = Field(default=56, alias="EVAL_MAX_NEW_TOKENS")
+    # Promotion gate: `auto` promotes a passing challenger, `manual` waits for a person.
+    promotion_policy: str = Field(default="auto", alias="PROMOTION_POLICY")
+    gate_min_gain: float = Field(default=0.05, alias="GATE_MIN_GAIN")
+    gate_max_forgetting: float = Field(default=0.05, alias="GATE_MAX_FORGETTING")
+    gate_grounding_tolerance: float = Field(default=0.0, alias="GATE_GROUNDING_TOLERANCE")
+    answer_contexts: int = Field(default=3, alias="ANSWER_CONTEXTS")
 
     @property
     def dvc_remote_dir(self) -> Path:
@@ -111,7 +128,11 @@ class Settings(BaseSettings):
 
     @property
     def vector_cache_path(self) -> Path:
-        return self.state_dir / "index" / "vectors.sqlite"
+        return self.vector_cache_file or self.state_dir / "index" / "vectors.sqlite"
+
+    @property
+    def training_data_dir(self) -> Path:
+        return self.data_dir / "training"
 
     @property
     def quarantine_dir(self) -> Path:

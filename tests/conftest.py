@@ -103,3 +103,35 @@ def artifacts_dir() -> Path:
     """Where tests save things people want to look at (screenshots, plots)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """One loaded encoder for the whole session (loading costs seconds)."""
+    from pipelines.knowledge.embedding import Embedder
+
+    return Embedder(Settings().embedding_model_path)
+
+
+@pytest.fixture
+def kb(stack: Settings, tmp_path: Path) -> Settings:
+    """Settings for an isolated knowledge base: own DVC project, alias, experiment and state.
+
+    Services are the session's real Weaviate and MLflow; vectors are cached per session.
+    """
+    import uuid
+
+    project = make_dvc_project(tmp_path / "project", with_data=False)
+    shutil.copytree(ROOT / "data" / "golden", project / "data" / "golden")
+    tag = uuid.uuid4().hex[:8]
+    return stack.model_copy(
+        update={
+            "data_dir": project / "data",
+            "state_dir": tmp_path / "state",
+            "collection_alias": f"Kb{tag}",
+            "reindex_experiment": f"reindex-test-{tag}",
+            "vector_cache_file": TEST_STATE / "vectors.sqlite",
+            # A handful of documents: one query moving a rank shifts the mean by ~0.05.
+            "retrieval_tolerance": 0.15,
+        }
+    )

@@ -25,7 +25,7 @@ from pipelines.behaviour.house_format import ContextChunk, content_words, format
 from pipelines.behaviour.ood_corpus import OOD_PARAGRAPHS
 
 TRAIN_FILE, EVAL_FILE, OOD_FILE = "train.jsonl", "eval.jsonl", "ood.jsonl"
-CONTEXT_WORDS = 40  # words per context chunk: keeps prompts near 250 tokens, so CPU training stays fast
+CONTEXT_WORDS = 30  # words per context chunk: keeps prompts near 200 tokens, so CPU training stays fast
 CONTEXTS_PER_RECORD = 3
 TRAIN_RECORDS = 240
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“])")
@@ -139,8 +139,8 @@ def _read_chunks(corpus: Path) -> list[_Chunk]:
 
 
 def _sentences(text: str) -> list[str]:
-    """Sentences of 8 to 28 words: long enough to answer, short enough to generate quickly."""
-    return [s for s in _SENTENCE_END.split(text) if 8 <= len(s.split()) <= 28 and s.endswith((".", "!"))]
+    """Sentences of 8 to 22 words: long enough to answer, short enough to generate quickly."""
+    return [s for s in _SENTENCE_END.split(text) if 8 <= len(s.split()) <= 22 and s.endswith((".", "!"))]
 
 
 def _window(text: str, sentence: str, limit: int = CONTEXT_WORDS) -> str:
@@ -156,7 +156,7 @@ def _is_plain(text: str) -> bool:
     return sum(ord(ch) > 0x2FFF for ch in text) <= 2
 
 
-def _short_title(title: str, limit: int = 8) -> str:
+def _short_title(title: str, limit: int = 6) -> str:
     return " ".join(title.split()[:limit])
 
 

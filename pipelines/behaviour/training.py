@@ -36,6 +36,9 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
+    # Adapt only the top N decoder layers (0 = all): backward then stops at the lowest adapted layer,
+    # which on a CPU cuts the cost of a step by more than half for a small loss in capacity.
+    top_layers: int = 0
     max_seq_len: int = 384
     warmup_ratio: float = 0.1
     seed: int = 13
@@ -121,7 +124,10 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
     """Wrap the base model with fresh LoRA adapters on the attention projections."""
     from peft import LoraConfig, get_peft_model
 
+    layers = model.config.num_hidden_layers
+    top = list(range(layers - config.top_layers, layers)) if 0 < config.top_layers < layers else None
     lora = LoraConfig(
+        layers_to_transform=top,
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -129,6 +135,22 @@ def add_lora(model: Any, config: TrainConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Cross-entropy on answer tokens, projecting only those positions onto the vocabulary.
+
+    The LM head of a small model is a large share of its compute (SmolLM2: 49k x 576);
+    running it on the ~15% of positions that carry a label saves that share.
+    """
+    import torch
+
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 def seed_everything(seed: int) -> None:
@@ -168,14 +190,14 @@ def train_adapter(
     for step, batch_ids in enumerate(batches, start=1):
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
         with autocast:
-            loss = peft_model(**batch).loss
+            loss = answer_loss(peft_model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         result.tokens += int(batch["attention_mask"].sum())
-        window_loss, window_steps = window_loss + float(loss), window_steps + 1
+        window_loss, window_steps = window_loss + float(loss.detach()), window_steps + 1
         if step % config.log_every == 0 or step == total:
             result.seconds = time.perf_counter() - started
             result.losses.append((step, window_loss / window_steps))

@@ -33,12 +33,12 @@ class Embedder:
     @property
     def signature(self) -> str:
         """Identifies the vectors this encoder makes (path name + dimension)."""
-        return f"{Path(self.model_path).name}:{self.model.get_sentence_embedding_dimension()}"
+        return f"{Path(self.model_path).name}:{self.model.get_embedding_dimension()}"
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Normalised vectors, one row per text, embedded in batches."""
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+            return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
         self.texts_embedded += len(texts)
         vectors = self.model.encode(
             list(texts),

@@ -24,6 +24,11 @@ class GoldenSet:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
 
+    def covering(self, doc_ids: set[str]) -> GoldenSet:
+        """Only queries with a judged document in the index: a deleted document is not a regression."""
+        keep = {q for q, judged in self.qrels.items() if q in self.queries and set(judged) & doc_ids}
+        return GoldenSet({q: self.queries[q] for q in keep}, {q: self.qrels[q] for q in keep})
+
 
 @dataclass
 class RetrievalReport:

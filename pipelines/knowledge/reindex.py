@@ -161,7 +161,7 @@ def vectors_for(chunks: Sequence[Chunk], embedder: Embedder, cache: VectorCache)
         fresh = embedder.embed([c.embedding_text for c in missing], progress=len(missing) > 200)
         cache.put_many(embedder.signature, zip([c.content_hash for c in missing], fresh, strict=True))
         cached.update({c.content_hash: v for c, v in zip(missing, fresh, strict=True)})
-    dim = embedder.model.get_sentence_embedding_dimension()
+    dim = embedder.model.get_embedding_dimension()
     vectors = np.stack([cached[c.content_hash] for c in chunks]) if chunks else np.zeros((0, dim), np.float32)
     return vectors, len(missing)
 
@@ -283,17 +283,23 @@ def evaluate_step(
     """Evaluate the collection, gate it against the last accepted run, and go live if it passes."""
     import mlflow
 
-    golden = load_golden(settings.golden_set_dir)
+    manifest = IndexManifest.load(settings.manifest_dir, collection)
+    indexed = set(manifest.documents) if manifest else set()
+    golden = load_golden(settings.golden_set_dir).covering(indexed)
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
     with idx.connect(settings) as client:
         report = evaluate_retrieval(Retriever(client, embedder, collection, settings.hybrid_alpha), golden)
         metrics = report.flat()
+        metrics["golden_queries"] = float(len(golden.queries))
         lat = sorted(report.latencies_ms)
         metrics["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat else 0.0
         metrics["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat else 0.0
         with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
             baseline, baseline_run = last_accepted_metrics(settings, exclude_run=run_id)
-            decision = gate(metrics, baseline, settings.retrieval_tolerance, baseline_run)
+            if golden.queries:
+                decision = gate(metrics, baseline, settings.retrieval_tolerance, baseline_run)
+            else:
+                decision = GateDecision(True, ["no golden query covers the indexed documents: quality not measured"])
             mlflow.log_metrics(metrics)
             mlflow.log_dict(report.per_query, "evaluation/per_query.json")
             mlflow.set_tag("gate_reasons", "; ".join(decision.reasons)[:5000])

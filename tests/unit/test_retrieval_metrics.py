@@ -26,3 +26,8 @@ def test_gate_passes_first_run_and_blocks_regression() -> None:
     assert gate({"hybrid_ndcg_at_10": 0.89, "hybrid_recall_at_10": 1.0}, baseline, 0.02).passed
     decision = gate({"hybrid_ndcg_at_10": 0.80, "hybrid_recall_at_10": 1.0}, baseline, 0.02)
     assert not decision.passed and "fell from 0.9000 to 0.8000" in decision.reasons[0]
+
+
+def test_golden_set_keeps_only_queries_about_indexed_documents() -> None:
+    golden = GoldenSet({"q1": "x", "q2": "y"}, {"q1": {"a": 1}, "q2": {"z": 1}})
+    assert golden.covering({"a", "b"}).queries == {"q1": "x"}

@@ -1,0 +1,203 @@
+"""Validation gate for training data, with Great Expectations (GX Core).
+
+Every record of `train.jsonl` and `eval.jsonl` becomes a row of derived columns
+(roles, shortest turn, token count, a content key, a leakage flag, ...) and GX
+checks them. Any failed expectation fails the whole set: a model trained on a
+partly broken set is not worth registering, so training never starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.behaviour.dataset import InstructionRecord, TrainingData
+from pipelines.behaviour.house_format import ANSWER_PATTERN, parse_answer, words
+
+ALLOWED_ROLES = ["user,assistant", "system,user,assistant"]
+
+
+class TrainingDataInvalid(RuntimeError):
+    """The training data broke an expectation; nothing was trained."""
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """Bounds the records must respect."""
+
+    min_tokens: int = 16
+    max_tokens: int = 384
+    min_train_records: int = 8
+    min_eval_records: int = 4
+    pii_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One broken expectation: what, how many rows, which ones."""
+
+    expectation: str
+    column: str
+    reason: str
+    count: int
+    examples: list[str]
+
+
+@dataclass
+class DataReport:
+    """Outcome of validating one training set."""
+
+    train_records: int
+    eval_records: int
+    ood_records: int
+    failures: list[Failure] = field(default_factory=list)
+    expectations: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"training data valid: {self.train_records} train, {self.eval_records} eval, {self.ood_records} OOD records; {self.expectations} expectations met"
+        detail = "; ".join(f"{f.reason} ({f.count}: {', '.join(f.examples[:3])})" for f in self.failures)
+        return f"training data invalid, {len(self.failures)} of {self.expectations} expectations failed: {detail}"
+
+    def write(self, path: Path) -> Path:
+        """Write the report as JSON, for people and for MLflow."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"summary": self.summary(), "passed": self.passed, **asdict(self)}
+        path.write_text(json.dumps(body, indent=2, ensure_ascii=False))
+        return path
+
+
+REASONS = {
+    "expect_table_row_count_to_be_between": "too few records",
+    "expect_column_values_to_be_unique:id": "duplicate record id",
+    "expect_column_values_to_be_unique:content_key": "duplicate record (same question and answer)",
+    "expect_column_values_to_be_in_set:roles": "wrong roles or turn order (want [system,] user, assistant)",
+    "expect_column_values_to_be_between:shortest_turn": "empty turn",
+    "expect_column_values_to_be_between:tokens": "token length out of bounds",
+    "expect_column_values_to_match_regex:answer": "answer not in the house format",
+    "expect_column_values_to_be_in_set:citations_exist": "answer cites a source that is not in the context",
+    "expect_column_values_to_not_match_regex_list": "contains PII or a secret",
+    "expect_column_values_to_be_in_set:leaks_eval": "training record overlaps an eval record (leakage)",
+}
+
+
+def _normal(text: str) -> str:
+    return " ".join(words(text))
+
+
+def _row(record: InstructionRecord, split: str, tokenizer: Any, eval_keys: set[str]) -> dict[str, Any]:
+    from pipelines.behaviour.house_format import chat_messages
+    from pipelines.behaviour.training import _ids
+
+    roles = ",".join(m.role for m in record.messages)
+    try:
+        question, answer = record.question, record.reference
+    except StopIteration:  # a record without a user or assistant turn: the roles check reports it
+        question, answer = "", ""
+    parsed = parse_answer(answer)
+    labels = {c.label for c in record.contexts}
+    chat = chat_messages(question, record.contexts, answer)
+    return {
+        "id": record.id,
+        "split": split,
+        "roles": roles,
+        "shortest_turn": min((len(m.content.strip()) for m in record.messages), default=0),
+        "tokens": len(_ids(tokenizer.apply_chat_template(chat))),
+        "answer": answer,
+        "citations_exist": bool(parsed and parsed.labels and set(parsed.labels) <= labels),
+        "content_key": f"{_normal(question)} || {_normal(answer)}",
+        "text": "\n".join([m.content for m in record.messages] + [c.text for c in record.contexts]),
+        "leaks_eval": split == "train" and bool({_normal(question), _normal(answer)} & eval_keys),
+    }
+
+
+def _frame(data: TrainingData, tokenizer: Any) -> Any:
+    import pandas as pd
+
+    eval_keys = {_normal(r.question) for r in data.eval} | {_normal(r.reference) for r in data.eval}
+    rows = [_row(r, "train", tokenizer, eval_keys) for r in data.train]
+    rows += [_row(r, "eval", tokenizer, eval_keys) for r in data.eval]
+    return pd.DataFrame(rows)
+
+
+def _suite(limits: DataLimits, train_rows: int) -> Any:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name="training_data")
+    expectations = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=limits.min_train_records + limits.min_eval_records),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeUnique(column="content_key"),
+        gxe.ExpectColumnValuesToBeInSet(column="roles", value_set=ALLOWED_ROLES),
+        gxe.ExpectColumnValuesToBeBetween(column="shortest_turn", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="tokens", min_value=limits.min_tokens, max_value=limits.max_tokens),
+        gxe.ExpectColumnValuesToMatchRegex(column="answer", regex=ANSWER_PATTERN.pattern),
+        gxe.ExpectColumnValuesToBeInSet(column="citations_exist", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="leaks_eval", value_set=[False]),
+    ]
+    if limits.pii_patterns:
+        expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(limits.pii_patterns)))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def _failures(result: Any, frame: Any) -> list[Failure]:
+    failures = []
+    for item in result.results:
+        if item.success:
+            continue
+        config = item.expectation_config
+        kind, column = config.type, config.kwargs.get("column", "")
+        reason = REASONS.get(f"{kind}:{column}") or REASONS.get(kind) or kind
+        indexes = (item.result or {}).get("partial_unexpected_index_list") or []
+        examples = [str(frame.iloc[i]["id"]) for i in indexes if isinstance(i, int)][:10]
+        count = int((item.result or {}).get("unexpected_count") or (0 if column else 1))
+        failures.append(Failure(kind, column, reason, count, examples))
+    return failures
+
+
+def validate_training_data(data: TrainingData, tokenizer: Any, limits: DataLimits) -> DataReport:
+    """Run the GX suite over train and eval records; the report lists every broken expectation."""
+    import great_expectations as gx
+
+    frame = _frame(data, tokenizer)
+    context = gx.get_context(mode="ephemeral", project_root_dir=tempfile.mkdtemp(prefix="gx-training-"))
+    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    batch_definition = (
+        context.data_sources.add_pandas("training")
+        .add_dataframe_asset("records")
+        .add_batch_definition_whole_dataframe("all records")
+    )
+    suite = context.suites.add(_suite(limits, len(data.train)))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="training_data", data=batch_definition, suite=suite)
+    )
+    result = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]},
+    )
+    report = DataReport(len(data.train), len(data.eval), len(data.ood), _failures(result, frame), len(suite.expectations))
+    if len(data.train) < limits.min_train_records or len(data.eval) < limits.min_eval_records or not data.ood:
+        report.failures.append(
+            Failure("record_counts", "split", "too few records in a split", 1,
+                    [f"train={len(data.train)}", f"eval={len(data.eval)}", f"ood={len(data.ood)}"])
+        )  # fmt: skip
+    return report
+
+
+def pattern_list(patterns: Sequence[str]) -> tuple[str, ...]:
+    """Patterns GX can apply (Python's inline flags such as `(?i)` are kept; invalid ones raise now)."""
+    for pattern in patterns:
+        re.compile(pattern)
+    return tuple(patterns)
