@@ -70,6 +70,50 @@ def _rollback_index(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.behaviour.retrain import RetrainRequest, run_retrain
+
+    overrides = {"steps": args.steps, "epochs": args.epochs, "lora_rank": args.lora_rank,
+                 "promotion_policy": args.policy, "base_model": args.base_model}  # fmt: skip
+    outcome = run_retrain(settings, RetrainRequest.from_settings(settings, overrides))
+    print(f"run {outcome.run_id}: version {outcome.version}, gate {outcome.decision.summary()}")
+    return 0 if outcome.decision.passed else 1
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    from pipelines.behaviour.registry import promote
+
+    move = promote(settings, str(args.version), f"{getpass.getuser()} via CLI", args.reason, alias=args.alias)
+    print(f"{settings.registered_model}@{move.alias}: {move.previous} -> {move.version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    from pipelines.behaviour.registry import rollback
+
+    move = rollback(settings, f"{getpass.getuser()} via CLI", args.reason)
+    print(f"{settings.registered_model}@champion: {move.previous} -> {move.version}")
+    return 0
+
+
+def _ask(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.behaviour.answering import ask
+
+    groups = args.groups.split(",") if args.groups else []
+    answer = ask(settings, args.question, k=args.k, user_groups=groups)
+    print(answer.text)
+    for c in answer.citations:
+        print(f"  [{c.label}] {c.title[:70]}  ({c.doc_id}, chunk {c.chunk_id})  {c.source_url}")
+    t = answer.timings
+    print(f"model {answer.model} | retrieval {t.retrieval_s * 1000:.0f} ms, generation {t.generation_s * 1000:.0f} ms"
+          f" (model load {t.model_load_s:.1f} s)")  # fmt: skip
+    return 0 if answer.follows_format else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback-index", help="re-point the collection alias to an earlier collection")
     p.add_argument("--collection", default=None, help="target collection (default: the previous one)")
     COMMANDS["rollback-index"] = _rollback_index
+
+    p = sub.add_parser("retrain", help="validate training data, train a LoRA adapter, evaluate, register, gate")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--epochs", type=float, default=None, help="whole passes over the data (overrides --steps)")
+    p.add_argument("--lora-rank", type=int, default=None)
+    p.add_argument("--base-model", default=None, help="HF id or local folder (default: bundled SmolLM2-135M)")
+    p.add_argument("--policy", choices=["auto", "manual"], default=None, help="promotion policy")
+    COMMANDS["retrain"] = _retrain
+
+    p = sub.add_parser("promote", help="point a registered model alias (default champion) at a version")
+    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--reason", default="manual promotion")
+    COMMANDS["promote"] = _promote
+
+    p = sub.add_parser("rollback", help="point champion back at its previous version")
+    p.add_argument("--reason", default="manual rollback")
+    COMMANDS["rollback"] = _rollback
+
+    p = sub.add_parser("ask", help="answer a question: retrieve, generate with the champion adapter, cite")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=None, help="chunks to retrieve (default ANSWER_CONTEXTS)")
+    p.add_argument("--groups", default="", help="comma-separated groups of the caller (ACL)")
+    COMMANDS["ask"] = _ask
     return parser
 
 

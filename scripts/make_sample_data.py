@@ -51,6 +51,9 @@ def main(source: Path) -> None:
             out.write(json.dumps(report, ensure_ascii=False) + "\n")
     shutil.copyfile(source / "queries.jsonl", golden / "queries.jsonl")
     shutil.copyfile(source / "qrels" / "reports.tsv", golden / "qrels.tsv")
+    from pipelines.behaviour.dataset import write_training_sample
+
+    write_training_sample(source, data / "training")
     print(f"wrote {len(reports)} reports, golden set and training sample under {data}")
 
 

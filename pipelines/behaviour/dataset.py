@@ -168,7 +168,10 @@ def _distractors(rng: random.Random, chunks: Sequence[_Chunk], report: str, n: i
 def _record(
     record_id: str, question: str, source: _Chunk, sentence: str, distractors: Sequence[_Chunk], rng: random.Random
 ) -> InstructionRecord:
-    shown = [(source, _window(source.text, sentence)), *((d, " ".join(d.text.split()[:CONTEXT_WORDS])) for d in distractors)]
+    shown = [
+        (source, _window(source.text, sentence)),
+        *((d, " ".join(d.text.split()[:CONTEXT_WORDS])) for d in distractors),
+    ]
     rng.shuffle(shown)
     contexts = tuple(ContextChunk(i, c.id, _short_title(c.title), text) for i, (c, text) in enumerate(shown, start=1))
     label = next(ctx.label for ctx in contexts if ctx.chunk_id == source.id)
@@ -214,9 +217,7 @@ def _synthetic_question(rng: random.Random, sentence: str, idf: dict[str, float]
     return rng.choice(_QUESTION_TEMPLATES).format(a=a, b=b)
 
 
-def _train_records(
-    rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int
-) -> list[InstructionRecord]:
+def _train_records(rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int) -> list[InstructionRecord]:
     docs = Counter(w for chunk in chunks for w in set(words(chunk.text)))
     idf = {w: math.log(len(chunks) / df) for w, df in docs.items()}
     candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and _sentences(c.text)]
@@ -238,7 +239,9 @@ def write_training_sample(source_dir: Path, out_dir: Path, seed: int = 13) -> Tr
     """
     rng = random.Random(seed)
     chunks = _read_chunks(source_dir / "corpus.jsonl")
-    queries = {row["_id"]: row["text"] for row in map(json.loads, (source_dir / "queries.jsonl").read_text().splitlines())}
+    queries = {
+        row["_id"]: row["text"] for row in map(json.loads, (source_dir / "queries.jsonl").read_text().splitlines())
+    }
     qrels = {}
     for line in (source_dir / "qrels" / "reports.tsv").read_text().splitlines()[1:]:
         query_id, report, score = line.split("\t")

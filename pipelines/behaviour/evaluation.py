@@ -104,7 +104,10 @@ def generate(
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
     texts, new_tokens, seconds = [], 0, 0.0
     for start in range(0, len(prompts), batch_size):
-        chats = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts[start : start + batch_size]]
+        chats = [
+            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+            for p in prompts[start : start + batch_size]
+        ]
         batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         began = time.perf_counter()
         with torch.no_grad():
@@ -130,7 +133,9 @@ def ood_cross_entropy(model: Any, tokenizer: Any, texts: Sequence[OodText], batc
     tokenizer.padding_side = "right"
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer([t.text for t in texts[start : start + batch_size]], return_tensors="pt", padding=True).to(device)
+        batch = tokenizer([t.text for t in texts[start : start + batch_size]], return_tensors="pt", padding=True).to(
+            device
+        )
         with torch.no_grad():
             logits = model(**batch).logits[:, :-1].float()
         targets = batch["input_ids"][:, 1:]
@@ -175,7 +180,15 @@ def forgetting(candidate: ModelReport, base: ModelReport) -> float:
 
 def summary_table(reports: Sequence[ModelReport]) -> str:
     """A Markdown table of the aggregate scores, one row per model."""
-    columns = ("format_compliance", "rouge_l", "token_f1", "citation_validity", "grounding", "ood_cross_entropy", "tokens_per_s")
+    columns = (
+        "format_compliance",
+        "rouge_l",
+        "token_f1",
+        "citation_validity",
+        "grounding",
+        "ood_cross_entropy",
+        "tokens_per_s",
+    )
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for r in reports:
         lines.append(f"| {r.model} | " + " | ".join(f"{getattr(r, c):.3f}" for c in columns) + " |")

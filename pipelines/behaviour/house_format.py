@@ -103,7 +103,9 @@ def parse_answer(text: str) -> ParsedAnswer | None:
     return ParsedAnswer(answer=match["answer"].strip(), labels=labels)
 
 
-def check_grounding(answer: ParsedAnswer, contexts: Sequence[ContextChunk], min_support: float = 0.8) -> GroundingResult:
+def check_grounding(
+    answer: ParsedAnswer, contexts: Sequence[ContextChunk], min_support: float = 0.8
+) -> GroundingResult:
     """Every cited label must be a given source, and most answer content words must occur in the cited text."""
     by_label = {c.label: c for c in contexts}
     exist = bool(answer.labels) and all(label in by_label for label in answer.labels)

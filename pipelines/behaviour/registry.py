@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,6 @@ class AliasMove:
 
 def _client(settings: Settings) -> Any:
     from mlflow import MlflowClient
-
     from pipelines.tracking import configure
 
     configure(settings)
@@ -99,7 +99,9 @@ def _history(client: Any, name: str, alias: str) -> list[str]:
     return list(json.loads(tags.get(f"{alias}_history", "[]")))
 
 
-def move_alias(settings: Settings, alias: str, version: str, actor: str, reason: str, name: str | None = None) -> AliasMove:
+def move_alias(
+    settings: Settings, alias: str, version: str, actor: str, reason: str, name: str | None = None
+) -> AliasMove:
     """Point `alias` at `version` and record who moved it, why and when on that version."""
     name = name or settings.registered_model
     client = _client(settings)
@@ -130,7 +132,9 @@ def _record(client: Any, name: str, move: AliasMove) -> None:
         client.set_model_version_tag(name, move.version, key, value)
 
 
-def promote(settings: Settings, version: str, actor: str, reason: str, alias: str = CHAMPION, name: str | None = None) -> AliasMove:
+def promote(
+    settings: Settings, version: str, actor: str, reason: str, alias: str = CHAMPION, name: str | None = None
+) -> AliasMove:
     """Make `version` the `alias` (champion by default), recording the move."""
     return move_alias(settings, alias, version, actor, reason, name)
 
@@ -146,7 +150,9 @@ def rollback(settings: Settings, actor: str, reason: str, name: str | None = Non
     if current is None or not history:
         raise RegistryError(f"{name}: no earlier champion to roll back to (history {history}, current {current})")
     target = history[-1]
-    move = AliasMove(CHAMPION, target, current, actor, f"rollback: {reason}", datetime.now(UTC).isoformat(timespec="seconds"))
+    move = AliasMove(
+        CHAMPION, target, current, actor, f"rollback: {reason}", datetime.now(UTC).isoformat(timespec="seconds")
+    )
     client.set_registered_model_alias(name, CHAMPION, target)
     _record(client, name, move)
     client.set_registered_model_tag(name, f"{CHAMPION}_history", json.dumps(history))
@@ -165,3 +171,26 @@ def tag_version(settings: Settings, version: str, tags: dict[str, str], name: st
 def version_source(settings: Settings, version: str, name: str | None = None) -> str:
     """The model URI a registered version was created from."""
     return f"models:/{name or settings.registered_model}/{version}"
+
+
+def actor_from_context(context: Mapping[str, Any]) -> str:
+    """Who moves an alias from Airflow: the triggering user (when known) and the DAG run."""
+    dag_run = context.get("dag_run")
+    user = getattr(dag_run, "triggering_user_name", None) or "unknown user"
+    return f"{user} via airflow {getattr(dag_run, 'dag_id', '?')}/{context.get('run_id', '?')}"
+
+
+def apply_alias_request(settings: Settings, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Run a `promote_model` request (params `action`, `model_name`, `version`, `alias`, `reason`)."""
+    params = context["params"]
+    name = params.get("model_name") or settings.registered_model
+    actor, reason = actor_from_context(context), str(params.get("reason") or "no reason given")
+    if params.get("action") == "rollback":
+        move = rollback(settings, actor, reason, name)
+    else:
+        if not params.get("version"):
+            raise RegistryError("promote needs a version (param `version`)")
+        move = promote(
+            settings, str(params["version"]), actor, reason, alias=params.get("alias") or CHAMPION, name=name
+        )
+    return {**move.__dict__, "model": name}

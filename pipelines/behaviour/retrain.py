@@ -81,7 +81,9 @@ def _settings_for(settings: Settings, request: RetrainRequest) -> Settings:
     return settings.model_copy(update={"base_model": request.base_model})
 
 
-def _run(settings: Settings, run_id: str | None = None, tags: Mapping[str, str] | None = None, name: str | None = None) -> Any:
+def _run(
+    settings: Settings, run_id: str | None = None, tags: Mapping[str, str] | None = None, name: str | None = None
+) -> Any:
     from pipelines.tracking import tracked_run
 
     return tracked_run(settings, settings.training_experiment, run_name=name, run_id=run_id, tags=tags)
@@ -90,7 +92,6 @@ def _run(settings: Settings, run_id: str | None = None, tags: Mapping[str, str] 
 def run_link(settings: Settings, run_id: str) -> str:
     """URL of the run in the MLflow UI."""
     import mlflow
-
     from pipelines.tracking import configure, run_url
 
     configure(settings)
@@ -100,22 +101,35 @@ def run_link(settings: Settings, run_id: str) -> str:
 def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str, str] | None = None) -> str:
     """Open the run, log the request, and validate the training data with GX; raises TrainingDataInvalid."""
     import mlflow
-
     from pipelines.behaviour.base_model import load_tokenizer, resolve_base_model
     from pipelines.behaviour.dataset import load_training_data
     from pipelines.behaviour.validation import DataLimits, TrainingDataInvalid, validate_training_data
 
     name = f"retrain-{(tags or {}).get('airflow.run_id', 'cli')}"
     with _run(settings, tags=tags, name=name) as run:
-        mlflow.log_params({**request.train.as_params(), "eval_items": request.evaluation.items,
-                           "promotion_policy": request.policy.value, **{f"gate.{k}": v for k, v in asdict(request.thresholds).items()}})  # fmt: skip
+        gate = {f"gate.{k}": v for k, v in asdict(request.thresholds).items()}
+        mlflow.log_params(
+            {
+                **request.train.as_params(),
+                "eval_items": request.evaluation.items,
+                "policy": request.policy.value,
+                **gate,
+            }
+        )
         base = resolve_base_model(_settings_for(settings, request))
-        mlflow.set_tags({"base_model.id": base.model_id, "base_model.path": base.path, "base_model.hash": base.weights_hash})
+        mlflow.set_tags(
+            {"base_model.id": base.model_id, "base_model.path": base.path, "base_model.hash": base.weights_hash}
+        )
         limits = DataLimits(max_tokens=request.train.max_seq_len, pii_patterns=tuple(settings.pii_patterns))
         report = validate_training_data(load_training_data(request.data_dir), load_tokenizer(base), limits)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(report.write(Path(tmp) / "validation_report.json")), "validation")
-        mlflow.set_tags({"validation.status": "passed" if report.passed else "failed", "validation.summary": report.summary()[:4000]})
+        mlflow.set_tags(
+            {
+                "validation.status": "passed" if report.passed else "failed",
+                "validation.summary": report.summary()[:4000],
+            }
+        )
         log.info(report.summary())
         if not report.passed:
             raise TrainingDataInvalid(f"{report.summary()}; report: {run_link(settings, run.info.run_id)}")
@@ -125,7 +139,6 @@ def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str
 def version_data(settings: Settings, run_id: str) -> str:
     """Snapshot the data folder with DVC and tag the run with its hash and the git revision."""
     import mlflow
-
     from pipelines.versioning import snapshot
 
     version = snapshot(settings.data_dir)
@@ -137,7 +150,6 @@ def version_data(settings: Settings, run_id: str) -> str:
 def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) -> str:
     """Train the adapter, log its loss curve and the adapter (no base weights); returns the model URI."""
     import mlflow
-
     from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
     from pipelines.behaviour.dataset import load_training_data
     from pipelines.behaviour.registry import log_adapter
@@ -174,7 +186,9 @@ def _reports(settings: Settings, request: RetrainRequest, model_uri: str) -> tup
     data = load_training_data(request.data_dir)
     base = resolve_base_model(_settings_for(settings, request))
     tokenizer = load_tokenizer(base)
-    model = PeftModel.from_pretrained(load_model(base), str(download_adapter(settings, model_uri)), adapter_name="candidate")
+    model = PeftModel.from_pretrained(
+        load_model(base), str(download_adapter(settings, model_uri)), adapter_name="candidate"
+    )
     champion = alias_version(settings, CHAMPION)
     if champion is not None:
         model.load_adapter(str(download_adapter(settings, version_source(settings, champion))), adapter_name=CHAMPION)
@@ -191,7 +205,6 @@ def _reports(settings: Settings, request: RetrainRequest, model_uri: str) -> tup
 def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str, model_uri: str) -> EvaluationSummary:
     """Evaluate base, candidate and current champion in this run; log metrics, table and per-item results."""
     import mlflow
-
     from pipelines.behaviour.evaluation import forgetting, summary_table
 
     reports, champion = _reports(settings, request, model_uri)
@@ -202,7 +215,9 @@ def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str,
         mlflow.log_metric("forgetting.ood_ce_rise", forgetting(by_role["candidate"], by_role["base"]))
         with tempfile.TemporaryDirectory() as tmp:
             items = Path(tmp) / "items.jsonl"
-            items.write_text("".join(json.dumps(asdict(i), ensure_ascii=False) + "\n" for r in reports for i in r.items))
+            items.write_text(
+                "".join(json.dumps(asdict(i), ensure_ascii=False) + "\n" for r in reports for i in r.items)
+            )
             (Path(tmp) / "summary.md").write_text(summary_table(reports) + "\n")
             mlflow.log_artifacts(tmp, "evaluation")
         if champion:
@@ -215,7 +230,6 @@ def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str,
 def register_candidate(settings: Settings, run_id: str, model_uri: str, summary: EvaluationSummary) -> str:
     """Register the adapter as a new version with lineage tags and point `challenger` at it."""
     import mlflow
-
     from pipelines.behaviour.registry import CHALLENGER, move_alias, register
 
     run = mlflow.get_run(run_id)
@@ -234,23 +248,26 @@ def decide_promotion(
 ) -> GateDecision:
     """Apply the gate; with policy `auto` a passing challenger becomes champion, else the champion stays."""
     import mlflow
-
     from pipelines.behaviour.registry import promote, tag_version
 
     candidate, base = summary.gate_scores("candidate"), summary.gate_scores("base")
     assert candidate is not None and base is not None, "evaluation must score base and candidate"
     decision = decide(candidate, base, summary.gate_scores("champion"), request.thresholds)
     promoted = decision.passed and request.policy is PromotionPolicy.AUTO
-    tag_version(settings, version, {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary()[:4000],
-                                    "gate.policy": request.policy.value,
-                                    "gate.status": "promoted" if promoted else ("awaiting approval" if decision.passed else "rejected")})  # fmt: skip
+    status = "promoted" if promoted else ("awaiting approval" if decision.passed else "rejected")
+    verdict = {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary()[:4000]}
+    tag_version(settings, version, {**verdict, "gate.policy": request.policy.value, "gate.status": status})
     if promoted:
         promote(settings, version, actor=f"retrain run {run_id} (policy auto)", reason=decision.summary()[:500])
     with _run(settings, run_id=run_id):
-        mlflow.log_metrics({**decision.metrics, "gate.passed": float(decision.passed), "gate.promoted": float(promoted)})
+        mlflow.log_metrics(
+            {**decision.metrics, "gate.passed": float(decision.passed), "gate.promoted": float(promoted)}
+        )
         mlflow.log_dict(asdict(decision) | {"policy": request.policy.value, "promoted": promoted, "version": version},
                         "gate/decision.json")  # fmt: skip
-        mlflow.set_tag("gate.status", "promoted" if promoted else ("awaiting approval" if decision.passed else "rejected"))
+        mlflow.set_tag(
+            "gate.status", "promoted" if promoted else ("awaiting approval" if decision.passed else "rejected")
+        )
     log.info("gate for version %s: %s", version, decision.summary())
     return replace(decision, metrics={**decision.metrics, "promoted": float(promoted)})
 

@@ -64,7 +64,8 @@ class DataReport:
 
     def summary(self) -> str:
         if self.passed:
-            return f"training data valid: {self.train_records} train, {self.eval_records} eval, {self.ood_records} OOD records; {self.expectations} expectations met"
+            counts = f"{self.train_records} train, {self.eval_records} eval, {self.ood_records} OOD records"
+            return f"training data valid: {counts}; {self.expectations} expectations met"
         detail = "; ".join(f"{f.reason} ({f.count}: {', '.join(f.examples[:3])})" for f in self.failures)
         return f"training data invalid, {len(self.failures)} of {self.expectations} expectations failed: {detail}"
 
@@ -146,7 +147,9 @@ def _suite(limits: DataLimits, train_rows: int) -> Any:
         gxe.ExpectColumnValuesToBeInSet(column="leaks_eval", value_set=[False]),
     ]
     if limits.pii_patterns:
-        expectations.append(gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(limits.pii_patterns)))
+        expectations.append(
+            gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(limits.pii_patterns))
+        )
     for expectation in expectations:
         suite.add_expectation(expectation)
     return suite
@@ -160,8 +163,9 @@ def _failures(result: Any, frame: Any) -> list[Failure]:
         config = item.expectation_config
         kind, column = config.type, config.kwargs.get("column", "")
         reason = REASONS.get(f"{kind}:{column}") or REASONS.get(kind) or kind
-        indexes = (item.result or {}).get("partial_unexpected_index_list") or []
-        examples = [str(frame.iloc[i]["id"]) for i in indexes if isinstance(i, int)][:10]
+        indexes = (item.result or {}).get("unexpected_index_list") or []
+        # With `unexpected_index_column_names` GX reports rows as {"id": ...}; without, as positions.
+        examples = [str(i["id"]) if isinstance(i, dict) else str(frame.iloc[i]["id"]) for i in indexes][:10]
         count = int((item.result or {}).get("unexpected_count") or (0 if column else 1))
         failures.append(Failure(kind, column, reason, count, examples))
     return failures
@@ -187,7 +191,9 @@ def validate_training_data(data: TrainingData, tokenizer: Any, limits: DataLimit
         batch_parameters={"dataframe": frame},
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]},
     )
-    report = DataReport(len(data.train), len(data.eval), len(data.ood), _failures(result, frame), len(suite.expectations))
+    report = DataReport(
+        len(data.train), len(data.eval), len(data.ood), _failures(result, frame), len(suite.expectations)
+    )
     if len(data.train) < limits.min_train_records or len(data.eval) < limits.min_eval_records or not data.ood:
         report.failures.append(
             Failure("record_counts", "split", "too few records in a split", 1,

@@ -35,11 +35,18 @@ class Embedder:
         """Identifies the vectors this encoder makes (path name + dimension)."""
         return f"{Path(self.model_path).name}:{self.model.get_embedding_dimension()}"
 
+    def embed_query(self, text: str) -> np.ndarray:
+        """The vector of one search query (not counted as indexing work)."""
+        return self._encode([text], progress=False)[0]
+
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Normalised vectors, one row per text, embedded in batches."""
+        """Normalised vectors of chunks, one row per text, embedded in batches."""
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), dtype=np.float32)
         self.texts_embedded += len(texts)
+        return self._encode(texts, progress)
+
+    def _encode(self, texts: Sequence[str], progress: bool) -> np.ndarray:
         vectors = self.model.encode(
             list(texts),
             batch_size=self.batch_size,

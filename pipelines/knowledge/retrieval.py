@@ -79,7 +79,7 @@ class Retriever:
                 return_metadata=metadata, return_properties=RETURN_PROPERTIES,
             )  # fmt: skip
         else:
-            vector = self.embedder.embed([query])[0].tolist()
+            vector = self.embedder.embed_query(query).tolist()
             if mode == "vector":
                 result = target.query.near_vector(
                     vector, limit=k, filters=where, return_metadata=metadata, return_properties=RETURN_PROPERTIES

@@ -1,0 +1,130 @@
+"""
+### Retrain the house-style LoRA adapter
+
+Runs **quarterly (00:00 UTC on the 1st of Jan/Apr/Jul/Oct)** and **whenever the `training_data`
+asset is updated**; trigger it by hand with other params (base model, steps/epochs, LoRA rank, policy).
+
+1. **validate** — Great Expectations on `data/training/` (roles, empty turns, token lengths, duplicates,
+   PII/secrets, train/eval leakage). A failure stops here; the report is on the MLflow run.
+2. **version** — `dvc add` + `dvc push`; the data hash and git revision are tagged on the run.
+3. **train** — LoRA (transformers + peft) on the base model; loss curve as metrics and a plot; the
+   adapter is logged without copying base weights.
+4. **evaluate** — base, candidate and current champion on held-out questions (format, ROUGE-L,
+   token-F1, grounding), forgetting on general text, generation speed; per-item results as an artifact.
+5. **register** — new version of the registered model with lineage tags, alias `challenger`.
+6. **decide** — the gate; with policy `auto` a passing challenger becomes `champion`, with `manual`
+   it waits: promote it with the `promote_model` DAG or by moving the alias in the MLflow UI.
+
+Everything lands in one MLflow run (experiment `retrain_lora`); each task returns its run id and URL.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from pipelines.assets import TRAINING_DATA_ASSET
+
+
+@dag(
+    dag_id="retrain_lora",
+    description="Validate training data, train a LoRA adapter, evaluate, register and gate its promotion",
+    doc_md=__doc__,
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 0 1 1,4,7,10 *", timezone="UTC"), assets=[Asset(**TRAINING_DATA_ASSET)]
+    ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # one training run at a time: they compete for the same CPU/GPU and registry aliases
+    tags=["behaviour", "lora", "mlflow", "quarterly"],
+    default_args={
+        "owner": "behaviour-team",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "execution_timeout": timedelta(hours=6),
+    },
+    params={
+        "base_model": Param("", type="string", title="Base model",
+                            description="Hugging Face id or local folder; empty = the bundled SmolLM2-135M-Instruct."),
+        "steps": Param(None, type=["null", "integer"], minimum=1, maximum=100_000, title="Steps",
+                       description="Optimizer steps; empty = settings (LORA_STEPS)."),
+        "epochs": Param(0, type="number", minimum=0, maximum=100, title="Epochs",
+                        description="Whole passes over the training records; > 0 overrides Steps."),
+        "lora_rank": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="LoRA rank",
+                           description="Rank r of the adapters (alpha = 2r); empty = settings (LORA_RANK)."),
+        "eval_items": Param(None, type=["null", "integer"], minimum=1, maximum=1000, title="Eval items",
+                            description="Held-out questions scored per model; empty = settings (EVAL_ITEMS)."),
+        "promotion_policy": Param("auto", type="string", enum=["auto", "manual"], title="Promotion policy",
+                                  description="auto: a challenger that passes the gate becomes champion; "
+                                  "manual: it waits for a person (promote_model DAG or MLflow UI)."),
+    },
+)  # fmt: skip
+def retrain_lora() -> None:
+    def request():  # type: ignore[no-untyped-def]
+        from pipelines.behaviour.retrain import RetrainRequest
+        from pipelines.settings import get_settings
+
+        return RetrainRequest.from_settings(get_settings(), get_current_context()["params"])
+
+    @task(retries=0)
+    def validate() -> str:
+        from pipelines.behaviour.retrain import validate_data
+        from pipelines.orchestration import fail_fast
+        from pipelines.settings import get_settings
+        from pipelines.tracking import airflow_tags
+
+        with fail_fast():
+            return validate_data(get_settings(), request(), airflow_tags(get_current_context()))
+
+    @task
+    def version(run_id: str) -> str:
+        from pipelines.behaviour.retrain import version_data
+        from pipelines.settings import get_settings
+
+        return version_data(get_settings(), run_id)
+
+    @task
+    def train(run_id: str, _dvc_hash: str) -> str:
+        from pipelines.behaviour.retrain import train_candidate
+        from pipelines.settings import get_settings
+
+        return train_candidate(get_settings(), request(), run_id)
+
+    @task
+    def evaluate(run_id: str, model_uri: str) -> dict:
+        from dataclasses import asdict
+
+        from pipelines.behaviour.retrain import evaluate_candidate
+        from pipelines.settings import get_settings
+
+        return asdict(evaluate_candidate(get_settings(), request(), run_id, model_uri))
+
+    @task
+    def register(run_id: str, model_uri: str, summary: dict) -> str:
+        from pipelines.behaviour.retrain import EvaluationSummary, register_candidate
+        from pipelines.settings import get_settings
+
+        return register_candidate(get_settings(), run_id, model_uri, EvaluationSummary(**summary))
+
+    @task(retries=0)
+    def decide(run_id: str, version: str, summary: dict) -> dict:
+        from dataclasses import asdict
+
+        from pipelines.behaviour.retrain import EvaluationSummary, decide_promotion, run_link
+        from pipelines.settings import get_settings
+
+        settings = get_settings()
+        decision = decide_promotion(settings, request(), run_id, version, EvaluationSummary(**summary))
+        return {**asdict(decision), "version": version, "run_id": run_id, "run_url": run_link(settings, run_id)}
+
+    run_id = validate()
+    model_uri = train(run_id, version(run_id))
+    summary = evaluate(run_id, model_uri)
+    decide(run_id, register(run_id, model_uri, summary), summary)
+
+
+retrain_lora()

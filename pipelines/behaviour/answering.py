@@ -1,0 +1,140 @@
+"""Answering with the hybrid: retrieve from Weaviate, prompt in the house format, generate, cite.
+
+The model is the base model plus the adapter that `models:/<name>@champion` points
+at (the base alone when there is no champion). Citations map the labels the model
+wrote back to the chunks that were really retrieved; a label that names no
+retrieved chunk is dropped and counted, never invented.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pipelines.behaviour.house_format import ContextChunk, best_window, chat_messages, parse_answer
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+CONTEXT_WORDS = 30  # as in training: the adapter learnt the format on contexts of this size
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A source the answer cites: its label in the prompt and the retrieved chunk behind it."""
+
+    label: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    source_url: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent per stage."""
+
+    retrieval_s: float
+    generation_s: float
+    model_load_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer, the chunks it cites, which model wrote it and how long each stage took."""
+
+    question: str
+    text: str
+    citations: list[Citation]
+    model: str
+    raw: str
+    timings: Timings
+    follows_format: bool
+    retrieved: list[str] = field(default_factory=list)  # chunk ids, in prompt order
+    unknown_labels: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AnsweringModel:
+    """A loaded model, its tokenizer and a description (`name@champion vN` or the base id)."""
+
+    model: Any
+    tokenizer: Any
+    description: str
+
+
+@lru_cache(maxsize=2)
+def _load(settings: Settings, version: str | None) -> AnsweringModel:
+    import mlflow
+    from pipelines.behaviour.base_model import load_model, load_tokenizer, pick_device, resolve_base_model
+    from pipelines.tracking import configure
+
+    if version is None:
+        base = resolve_base_model(settings)
+        return AnsweringModel(load_model(base), load_tokenizer(base), f"{base.model_id} (base, no champion)")
+    configure(settings)
+    uri = f"models:/{settings.registered_model}/{version}"
+    parts = mlflow.transformers.load_model(uri, return_type="components", device=0 if pick_device() == "cuda" else None)
+    tokenizer = parts["tokenizer"]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AnsweringModel(parts["model"].eval(), tokenizer, f"{settings.registered_model}@champion (v{version})")
+
+
+def load_answering_model(settings: Settings) -> AnsweringModel:
+    """The champion adapter on its base model, or the base model alone; cached per champion version."""
+    from pipelines.behaviour.registry import CHAMPION, alias_version
+
+    return _load(settings, alias_version(settings, CHAMPION))
+
+
+def contexts_from_hits(question: str, hits: Sequence[Any]) -> list[ContextChunk]:
+    """Number retrieved chunks [1]..[k], each cut to the window most relevant to the question."""
+    return [
+        ContextChunk(i, hit.chunk_id, " ".join(hit.title.split()[:6]), best_window(hit.text, question, CONTEXT_WORDS))
+        for i, hit in enumerate(hits, start=1)
+    ]
+
+
+def cite(raw: str, hits: Sequence[Any]) -> tuple[list[Citation], list[int], bool]:
+    """Map the labels in a house-format answer to retrieved hits: (citations, unknown labels, format ok)."""
+    parsed = parse_answer(raw)
+    if parsed is None:
+        return [], [], False
+    citations = [
+        Citation(n, hits[n - 1].chunk_id, hits[n - 1].doc_id, hits[n - 1].title, hits[n - 1].source_url)
+        for n in parsed.labels
+        if 1 <= n <= len(hits)
+    ]
+    return citations, [n for n in parsed.labels if not 1 <= n <= len(hits)], True
+
+
+def ask(settings: Settings, question: str, k: int | None = None, user_groups: Sequence[str] = ()) -> Answer:
+    """Answer `question` from the live index with the champion model, citing the chunks used."""
+    from pipelines.behaviour.evaluation import generate
+    from pipelines.knowledge.retrieval import search
+
+    started = time.perf_counter()
+    loaded = load_answering_model(settings)
+    loaded_at = time.perf_counter()
+    hits = search(settings, question, k=k or settings.answer_contexts, user_groups=user_groups)
+    retrieved_at = time.perf_counter()
+    prompt = chat_messages(question, contexts_from_hits(question, hits))
+    texts, _, seconds = generate(loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1)
+    raw = texts[0].strip()
+    citations, unknown, ok = cite(raw, hits)
+    parsed = parse_answer(raw)
+    return Answer(
+        question=question,
+        text=parsed.answer if parsed else raw,
+        citations=citations,
+        model=loaded.description,
+        raw=raw,
+        timings=Timings(retrieved_at - loaded_at, seconds, loaded_at - started),
+        follows_format=ok,
+        retrieved=[h.chunk_id for h in hits],
+        unknown_labels=unknown,
+    )

@@ -1,0 +1,40 @@
+"""Expectations on the shipped training sample (data/training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.behaviour.dataset import load_training_data
+from pipelines.behaviour.house_format import check_grounding, parse_answer, words
+
+TRAINING = Path(__file__).resolve().parents[2] / "data" / "training"
+
+
+def test_sample_has_train_eval_and_ood_parts() -> None:
+    data = load_training_data(TRAINING)
+    assert len(data.train) >= 200 and len(data.eval) >= 40 and 20 <= len(data.ood) <= 30
+
+
+def test_every_reference_answer_is_in_house_format_and_grounded_in_its_context() -> None:
+    data = load_training_data(TRAINING)
+    for record in data.train + data.eval:
+        parsed = parse_answer(record.reference)
+        assert parsed is not None, record.id
+        assert check_grounding(parsed, record.contexts, min_support=1.0).grounded, record.id
+        assert len(record.contexts) == 3, record.id
+
+
+def test_eval_uses_the_real_queries_and_never_shares_a_source_chunk_or_answer_with_training() -> None:
+    data = load_training_data(TRAINING)
+    assert all(r.id.startswith("eval-q_") for r in data.eval)
+    cited = {c.chunk_id for r in data.eval for c in r.contexts if f"[{c.label}]" in r.reference}
+    trained = {c.chunk_id for r in data.train for c in r.contexts if f"[{c.label}]" in r.reference}
+    assert not cited & trained
+    assert not {r.reference for r in data.eval} & {r.reference for r in data.train}
+
+
+def test_ood_texts_are_general_english_not_business() -> None:
+    data = load_training_data(TRAINING)
+    business = {"revenue", "banking", "market", "ceo", "investors", "profit"}
+    for text in data.ood:
+        assert len(text.text.split()) >= 20 and not business & set(words(text.text)), text.id

@@ -1,0 +1,194 @@
+"""retrain_lora and promote_model end to end: real MLflow registry, DVC, GX and (tiny) training runs.
+
+The tests share one registered model and run in order: invalid data stops a run;
+a good run creates and promotes version 1; a candidate trained on shuffled answers
+is rejected while version 1 stays champion; promote and rollback move the alias
+with an audit trail; `ask` cites chunks it really retrieved.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.behaviour.dataset import InstructionRecord, Message, read_records
+from pipelines.settings import Settings, get_settings
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+TINY = {"steps": 16, "eval_items": 4, "promotion_policy": "auto"}
+
+
+@pytest.fixture(scope="module")
+def env(stack: Settings, airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Environment the DAG tasks read through get_settings(): own data project, model name, experiment."""
+    from conftest import make_dvc_project
+
+    project = make_dvc_project(tmp_path_factory.mktemp("behaviour") / "project")
+    tag = uuid.uuid4().hex[:6]
+    values = {
+        "PIPELINES_DATA_DIR": str(project / "data"),
+        "REGISTERED_MODEL": f"house-style-test-{tag}",
+        "TRAINING_EXPERIMENT": f"retrain_lora_test_{tag}",
+        "EVAL_MAX_NEW_TOKENS": "48",
+        "LORA_LEARNING_RATE": "0.002",
+    }
+    mp = pytest.MonkeyPatch()
+    for key, value in values.items():
+        mp.setenv(key, value)
+    get_settings.cache_clear()
+    yield get_settings()
+    mp.undo()
+    get_settings.cache_clear()
+
+
+def _dag(dag_id: str):  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"), include_examples=False)
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def _states(dag_run) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def _client(settings: Settings):  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    return MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _champion(settings: Settings) -> str:
+    return _client(settings).get_model_version_by_alias(settings.registered_model, "champion").version
+
+
+def _training_file(settings: Settings) -> Path:
+    return settings.training_data_dir / "train.jsonl"
+
+
+def _write(path: Path, records: list[InstructionRecord]) -> None:
+    path.write_text("".join(r.to_json() + "\n" for r in records))
+
+
+def _last_run(settings: Settings):  # type: ignore[no-untyped-def]
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return mlflow.search_runs(experiment_names=[settings.training_experiment], order_by=["start_time DESC"],
+                              output_format="list")[0]  # fmt: skip
+
+
+def test_invalid_training_data_stops_the_run_before_training(env: Settings) -> None:
+    path = _training_file(env)
+    good = path.read_text()
+    records = read_records(path)
+    bad = records[:20] + [
+        records[0],
+        InstructionRecord("pii", (Message("user", "SSN 123-45-6789?"), records[1].messages[1]), records[1].contexts),
+    ]
+    _write(path, bad)
+    try:
+        dag_run = _dag("retrain_lora").test(run_conf=TINY)
+    finally:
+        path.write_text(good)
+    states = _states(dag_run)
+    assert states["validate"] == "failed" and states["train"] != "success", states
+    run = _last_run(env)
+    assert run.info.status == "FAILED" and run.data.tags["validation.status"] == "failed"
+    summary = run.data.tags["validation.summary"]
+    assert "duplicate record id" in summary and "PII" in summary and "pii" in summary
+    import mlflow
+
+    report = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="validation/validation_report.json"
+            )
+        ).read_text()
+    )
+    assert report["passed"] is False and report["failures"]
+
+
+def test_good_run_registers_a_challenger_and_promotes_it_to_champion(env: Settings) -> None:
+    dag_run = _dag("retrain_lora").test(run_conf=TINY)
+    assert set(_states(dag_run).values()) == {"success"}, _states(dag_run)
+    run = _last_run(env)
+    metrics, tags = run.data.metrics, run.data.tags
+    print("\n" + json.dumps({k: round(v, 4) for k, v in sorted(metrics.items())}, indent=1))
+    assert metrics["candidate.format_compliance"] > metrics["base.format_compliance"]
+    assert metrics["candidate.rouge_l"] > metrics["base.rouge_l"] + 0.05
+    for key in ("data.dvc_hash", "git_revision", "base_model.id", "base_model.hash", "airflow.run_id"):
+        assert tags.get(key), key
+    client = _client(env)
+    version = client.get_model_version_by_alias(env.registered_model, "challenger")
+    assert version.version == "1" and _champion(env) == "1"
+    assert version.tags["data.dvc_hash"] == tags["data.dvc_hash"] and version.tags["gate.status"] == "promoted"
+    history = json.loads(client.get_model_version(env.registered_model, "1").tags["alias_history"])
+    assert [h["alias"] for h in history] == ["challenger", "champion"] and "retrain run" in history[-1]["actor"]
+    import mlflow
+
+    artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="evaluation")}
+    assert {"evaluation/items.jsonl", "evaluation/summary.md"} <= artifacts
+    assert "training/loss_curve.png" in {
+        a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="training")
+    }
+
+
+def test_candidate_trained_on_shuffled_answers_is_rejected_and_champion_unchanged(env: Settings) -> None:
+    path = _training_file(env)
+    good = path.read_text()
+    records = read_records(path)
+    answers = [r.messages[1] for r in records]
+    random.Random(0).shuffle(answers)
+    _write(path, [InstructionRecord(r.id, (r.messages[0], a), r.contexts) for r, a in zip(records, answers, strict=True)])
+    try:
+        dag_run = _dag("retrain_lora").test(run_conf=TINY)
+    finally:
+        path.write_text(good)
+    assert _states(dag_run)["decide"] == "success", _states(dag_run)
+    run = _last_run(env)
+    print("\n" + json.dumps({k: round(v, 4) for k, v in sorted(run.data.metrics.items())}, indent=1))
+    assert run.data.tags["gate.status"] == "rejected"
+    assert _champion(env) == "1"
+    v2 = _client(env).get_model_version(env.registered_model, "2")
+    assert v2.tags["gate.passed"] == "false" and "FAIL" in v2.tags["gate.reasons"]
+    assert run.data.metrics["champion.rouge_l"] > run.data.metrics["candidate.rouge_l"]
+
+
+def test_promote_and_rollback_move_champion_with_an_audit_trail(env: Settings) -> None:
+    promote = _dag("promote_model")
+    dag_run = promote.test(run_conf={"action": "promote", "version": 2, "reason": "trying v2 by hand"})
+    assert set(_states(dag_run).values()) == {"success"}
+    assert _champion(env) == "2"
+    v2 = _client(env).get_model_version(env.registered_model, "2").tags
+    assert v2["champion.reason"] == "trying v2 by hand" and "promote_model" in v2["champion.moved_by"]
+    dag_run = promote.test(run_conf={"action": "rollback", "reason": "v2 answers badly"})
+    assert set(_states(dag_run).values()) == {"success"}
+    assert _champion(env) == "1"
+    v1 = _client(env).get_model_version(env.registered_model, "1").tags
+    assert "rollback: v2 answers badly" == v1["champion.reason"]
+    assert [h["version"] for h in json.loads(v1["alias_history"]) if h["alias"] == "champion"] == ["1", "1"]
+
+
+def test_ask_answers_with_citations_of_chunks_it_really_retrieved(env: Settings, kb: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    from tests_support import sample_reports, write_reports
+
+    from pipelines.behaviour.answering import ask
+    from pipelines.knowledge.reindex import run_reindex
+
+    write_reports(kb.data_dir / "documents", sample_reports(6))
+    assert run_reindex(kb, embedder=embedder).accepted
+    settings = kb.model_copy(update={"registered_model": env.registered_model, "eval_max_new_tokens": 48})
+    question = "What do banks need to prepare for?"
+    answer = ask(settings, question)
+    print(f"\n{answer}")
+    assert answer.model.endswith("(v1)")
+    assert answer.retrieved and answer.timings.retrieval_s > 0 and answer.timings.generation_s > 0
+    assert answer.follows_format and answer.citations and not answer.unknown_labels
+    assert {c.chunk_id for c in answer.citations} <= set(answer.retrieved)
