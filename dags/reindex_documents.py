@@ -66,34 +66,34 @@ def reindex_documents() -> None:
             return validate_step(get_settings(), get_current_context())
 
     @task
-    def version(run_id: str) -> dict[str, str]:
+    def version(mlflow_run_id: str) -> dict[str, str]:
         from pipelines.knowledge.reindex import version_step
         from pipelines.settings import get_settings
 
-        return version_step(get_settings(), run_id)
+        return version_step(get_settings(), mlflow_run_id)
 
     @task(pool=WRITER_POOL)
-    def index(run_id: str, _version: dict[str, str]) -> dict:
+    def index(mlflow_run_id: str, _version: dict[str, str]) -> dict:
         from dataclasses import asdict
 
         from pipelines.knowledge.reindex import index_step
         from pipelines.settings import get_settings
 
         full = bool(get_current_context()["params"]["full_rebuild"])
-        return asdict(index_step(get_settings(), run_id, full_rebuild=full))
+        return asdict(index_step(get_settings(), mlflow_run_id, full_rebuild=full))
 
     @task(pool=WRITER_POOL, retries=0)
-    def evaluate(run_id: str, result: dict) -> dict:
+    def evaluate(mlflow_run_id: str, result: dict) -> dict:
         from pipelines.orchestration import fail_fast
         from pipelines.knowledge.reindex import evaluate_step
         from pipelines.settings import get_settings
 
         with fail_fast():
-            report = evaluate_step(get_settings(), run_id, result["collection"], result["mode"])
+            report = evaluate_step(get_settings(), mlflow_run_id, result["collection"], result["mode"])
         return {"accepted": report.accepted, "alias_target": report.alias_target, "metrics": report.metrics}
 
-    run_id = validate()
-    evaluate(run_id, index(run_id, version(run_id)))
+    mlflow_run_id = validate()
+    evaluate(mlflow_run_id, index(mlflow_run_id, version(mlflow_run_id)))
 
 
 reindex_documents()

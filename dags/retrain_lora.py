@@ -81,50 +81,50 @@ def retrain_lora() -> None:
             return validate_data(get_settings(), request(), airflow_tags(get_current_context()))
 
     @task
-    def version(run_id: str) -> str:
+    def version(mlflow_run: str) -> str:
         from pipelines.behaviour.retrain import version_data
         from pipelines.settings import get_settings
 
-        return version_data(get_settings(), run_id)
+        return version_data(get_settings(), mlflow_run)
 
     @task
-    def train(run_id: str, _dvc_hash: str) -> str:
+    def train(mlflow_run: str, _dvc_hash: str) -> str:
         from pipelines.behaviour.retrain import train_candidate
         from pipelines.settings import get_settings
 
-        return train_candidate(get_settings(), request(), run_id)
+        return train_candidate(get_settings(), request(), mlflow_run)
 
     @task
-    def evaluate(run_id: str, model_uri: str) -> dict:
+    def evaluate(mlflow_run: str, model_uri: str) -> dict:
         from dataclasses import asdict
 
         from pipelines.behaviour.retrain import evaluate_candidate
         from pipelines.settings import get_settings
 
-        return asdict(evaluate_candidate(get_settings(), request(), run_id, model_uri))
+        return asdict(evaluate_candidate(get_settings(), request(), mlflow_run, model_uri))
 
     @task
-    def register(run_id: str, model_uri: str, summary: dict) -> str:
+    def register(mlflow_run: str, model_uri: str, summary: dict) -> str:
         from pipelines.behaviour.retrain import EvaluationSummary, register_candidate
         from pipelines.settings import get_settings
 
-        return register_candidate(get_settings(), run_id, model_uri, EvaluationSummary(**summary))
+        return register_candidate(get_settings(), mlflow_run, model_uri, EvaluationSummary(**summary))
 
     @task(retries=0)
-    def decide(run_id: str, version: str, summary: dict) -> dict:
+    def decide(mlflow_run: str, version: str, summary: dict) -> dict:
         from dataclasses import asdict
 
         from pipelines.behaviour.retrain import EvaluationSummary, decide_promotion, run_link
         from pipelines.settings import get_settings
 
         settings = get_settings()
-        decision = decide_promotion(settings, request(), run_id, version, EvaluationSummary(**summary))
-        return {**asdict(decision), "version": version, "run_id": run_id, "run_url": run_link(settings, run_id)}
+        decision = decide_promotion(settings, request(), mlflow_run, version, EvaluationSummary(**summary))
+        return {**asdict(decision), "version": version, "run_id": mlflow_run, "run_url": run_link(settings, mlflow_run)}
 
-    run_id = validate()
-    model_uri = train(run_id, version(run_id))
-    summary = evaluate(run_id, model_uri)
-    decide(run_id, register(run_id, model_uri, summary), summary)
+    mlflow_run = validate()
+    model_uri = train(mlflow_run, version(mlflow_run))
+    summary = evaluate(mlflow_run, model_uri)
+    decide(mlflow_run, register(mlflow_run, model_uri, summary), summary)
 
 
 retrain_lora()

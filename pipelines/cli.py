@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import sys
 from collections.abc import Callable
 
@@ -114,6 +115,30 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if answer.follows_format else 1
 
 
+DEMO_QUESTION = "How can AI agents transform retail banking operations?"
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    """The main job, through the running Airflow: re-index, retrain, promote, answer."""
+    from pipelines.airflow_api import AirflowApi
+
+    api = AirflowApi(settings)
+    print("1/3 reindex_documents: validate, version, index and evaluate the documents")
+    api.run_and_wait("reindex_documents", {"full_rebuild": False}, timeout_s=1800)
+    print(f"2/3 retrain_lora: train a LoRA adapter ({args.steps} steps), evaluate, register, promote (auto)")
+    api.run_and_wait("retrain_lora", {"steps": args.steps, "promotion_policy": "auto"}, timeout_s=3600)
+    print(f"3/3 ask: {args.question}")
+    from pipelines.behaviour.answering import ask
+
+    answer = ask(settings, args.question)
+    print(json.dumps(asdict(answer), indent=2, default=str))
+    print(f"\nAirflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
+          f"{settings.airflow_admin_password}) - DAG runs and task logs")  # fmt: skip
+    print(f"MLflow UI  : {settings.tracking_uri}  - experiments reindex_documents, retrain_lora; "
+          f"model {settings.registered_model} @champion")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None, help="chunks to retrieve (default ANSWER_CONTEXTS)")
     p.add_argument("--groups", default="", help="comma-separated groups of the caller (ACL)")
     COMMANDS["ask"] = _ask
+    p = sub.add_parser("demo", help="main job via the running Airflow: re-index, retrain, promote, answer")
+    p.add_argument("--steps", type=int, default=60, help="LoRA training steps (short default for CPUs)")
+    p.add_argument("--question", default=DEMO_QUESTION)
+    COMMANDS["demo"] = _demo
     return parser
 
 

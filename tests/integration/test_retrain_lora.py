@@ -49,7 +49,7 @@ def env(stack: Settings, airflow_db: Path, tmp_path_factory: pytest.TempPathFact
 def _dag(dag_id: str):  # type: ignore[no-untyped-def]
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"), include_examples=False)
+    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
     assert not bag.import_errors, bag.import_errors
     return bag.dags[dag_id]
 

@@ -1,0 +1,86 @@
+"""A small client for Airflow 3's public REST API (token, unpause, trigger, wait)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+
+from pipelines.settings import Settings
+
+FINISHED = {"success", "failed"}
+
+
+class AirflowApiError(RuntimeError):
+    """The API refused a call, or a run did not finish as hoped."""
+
+
+class AirflowApi:
+    """Authenticated calls against `settings.airflow_url` (JWT from /auth/token)."""
+
+    def __init__(self, settings: Settings, base_url: str | None = None) -> None:
+        self.base = (base_url or settings.airflow_url).rstrip("/")
+        response = requests.post(
+            f"{self.base}/auth/token",
+            json={"username": settings.airflow_admin_user, "password": settings.airflow_admin_password},
+            timeout=30,
+        )
+        if response.status_code not in (200, 201):
+            raise AirflowApiError(f"login to {self.base} failed: {response.status_code} {response.text[:200]}")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.session.request(method, f"{self.base}/api/v2{path}", timeout=60, **kwargs)
+        if response.status_code >= 400:
+            raise AirflowApiError(f"{method} {path}: {response.status_code} {response.text[:300]}")
+        return response.json() if response.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 300) -> None:
+        """Until the DAG processor has parsed the file and the API knows the DAG."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.call("GET", f"/dags/{dag_id}")
+                return
+            except AirflowApiError:
+                time.sleep(3)
+        raise AirflowApiError(f"DAG {dag_id} not parsed within {timeout_s:.0f}s")
+
+    def unpause(self, dag_id: str) -> None:
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, note: str | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
+        if note:
+            body["note"] = note
+        return str(self.call("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
+
+    def wait_for_run(
+        self, dag_id: str, run_id: str, timeout_s: float = 3600, echo: Callable[[str], None] = print
+    ) -> str:
+        """Poll until the run finishes; print task states as they change. Returns the final state."""
+        deadline, last = time.monotonic() + timeout_s, ""
+        while time.monotonic() < deadline:
+            run = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            tasks = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+            progress = ", ".join(f"{t['task_id']}={t['state'] or 'none'}" for t in tasks)
+            if progress != last:
+                echo(f"  {dag_id}: {run['state']}  [{progress}]")
+                last = progress
+            if run["state"] in FINISHED:
+                return str(run["state"])
+            time.sleep(5)
+        raise AirflowApiError(f"{dag_id} run {run_id} still running after {timeout_s:.0f}s")
+
+    def run_and_wait(self, dag_id: str, conf: Mapping[str, Any] | None = None, timeout_s: float = 3600) -> str:
+        """Unpause, trigger and wait; raise unless the run succeeds."""
+        self.wait_for_dag(dag_id)
+        self.unpause(dag_id)
+        run_id = self.trigger(dag_id, conf)
+        state = self.wait_for_run(dag_id, run_id, timeout_s)
+        if state != "success":
+            raise AirflowApiError(f"{dag_id} run {run_id} ended {state}; see the Airflow UI for task logs")
+        return run_id
