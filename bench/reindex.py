@@ -46,7 +46,7 @@ def scaled(documents: list[Document], factor: int) -> list[Document]:
 
 def run_index(settings: Settings, documents: list[Document], embedder: Embedder, full: bool) -> tuple[float, dict]:
     """Stage `documents` under a fresh MLflow run and time the index step."""
-    with tracked_run(settings, "bench-reindex") as run:
+    with tracked_run(settings, settings.reindex_experiment) as run:
         run_id = run.info.run_id
     run_dir = settings.state_dir / "runs" / run_id
     stage_documents(run_dir / "documents.jsonl", documents)
@@ -83,7 +83,12 @@ def document_level_replacement(settings: Settings, embedder: Embedder, edited: l
 def bench_corpus(base: Settings, documents: list[Document], embedder: Embedder, label: str) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     settings = base.model_copy(
-        update={"state_dir": tmp, "collection_alias": f"Bench{uuid.uuid4().hex[:6]}", "vector_cache_file": None}
+        update={
+            "state_dir": tmp,
+            "collection_alias": f"Bench{uuid.uuid4().hex[:6]}",
+            "vector_cache_file": None,
+            "reindex_experiment": "bench-reindex",
+        }
     )
     chunker = chunker_config(settings)
     chunks = [c for d in documents for c in chunk_document(d, chunker)]

@@ -58,8 +58,8 @@ WRITER_POOL = "weaviate_writer"
 def reindex_documents() -> None:
     @task(retries=0)
     def validate() -> str:
-        from pipelines.orchestration import fail_fast
         from pipelines.knowledge.reindex import validate_step
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
         with fail_fast():
@@ -84,8 +84,8 @@ def reindex_documents() -> None:
 
     @task(pool=WRITER_POOL, retries=0)
     def evaluate(mlflow_run_id: str, result: dict) -> dict:
-        from pipelines.orchestration import fail_fast
         from pipelines.knowledge.reindex import evaluate_step
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
         with fail_fast():

@@ -25,7 +25,6 @@ import requests
 
 from pipelines.settings import Settings
 
-
 # Start order; `down` stops in reverse.
 SERVICE_NAMES = [
     "weaviate", "mlflow", "airflow-api-server", "airflow-scheduler",

@@ -26,9 +26,7 @@ class DataVersion:
 
 
 def _dvc(repo_dir: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=repo_dir, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_dir, capture_output=True, text=True)
     if result.returncode != 0:
         raise VersioningError(f"`dvc {' '.join(args)}` failed in {repo_dir}:\n{result.stderr.strip()}")
     return result.stdout

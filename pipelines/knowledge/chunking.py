@@ -147,10 +147,21 @@ def chunk_document(document: Document, config: ChunkerConfig) -> list[Chunk]:
         seen[content_hash] = occurrence + 1
         # Access and attribution are part of the object's identity (an ACL change must
         # rewrite it) but not of its vector, which is cached by content_hash alone.
-        identity = f"{document.id}\x00{content_hash}\x00{occurrence}\x00{','.join(document.acl)}\x00{document.source_url}"
+        identity = (
+            f"{document.id}\x00{content_hash}\x00{occurrence}\x00{','.join(document.acl)}\x00{document.source_url}"
+        )
         object_id = uuid.uuid5(_NAMESPACE, identity)
         chunks.append(
-            Chunk(str(object_id), document.id, position, document.title, section, text, content_hash,
-                  document.acl, document.source_url)  # fmt: skip
+            Chunk(
+                str(object_id),
+                document.id,
+                position,
+                document.title,
+                section,
+                text,
+                content_hash,
+                document.acl,
+                document.source_url,
+            )  # fmt: skip
         )
     return chunks

@@ -79,9 +79,7 @@ class VectorCache:
         keys = list(wanted)
         for start in range(0, len(keys), 500):
             page = keys[start : start + 500]
-            rows = self._db.execute(
-                f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(page))})", page
-            )
+            rows = self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(page))})", page)
             for key, blob in rows:
                 found[wanted[key]] = np.frombuffer(blob, dtype=np.float32)
         return found

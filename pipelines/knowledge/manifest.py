@@ -114,7 +114,9 @@ def plan_update(
     to_write: list[Chunk] = []
     to_move: dict[str, int] = {}
     kept_ids: set[str] = set()
-    new, changed, unchanged = [], [], []
+    new: list[str] = []
+    changed: list[str] = []
+    unchanged: list[str] = []
     for document in documents:
         old = previous.documents.get(document.id)
         if old is not None and old.content_hash == document.content_hash:

@@ -133,7 +133,6 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
 def version_step(settings: Settings, run_id: str) -> dict[str, str]:
     """Record the validated snapshot with DVC and tag the run with its hash and git revision."""
     import mlflow
-
     from pipelines.tracking import git_revision
     from pipelines.versioning import snapshot
 
@@ -254,6 +253,7 @@ def plot_history(settings: Settings, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(settings.reindex_experiment)
@@ -265,7 +265,7 @@ def plot_history(settings: Settings, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     for metric in ("hybrid_ndcg_at_10", "hybrid_recall_at_10", "hybrid_mrr", "vector_ndcg_at_10", "bm25_ndcg_at_10"):
-        ax.plot(range(1, len(runs) + 1), [r.data.metrics.get(metric) for r in runs], marker="o", label=metric)
+        ax.plot(range(1, len(runs) + 1), [r.data.metrics.get(metric, float("nan")) for r in runs], marker="o", label=metric)
     ax.set_xlabel("run")
     ax.set_ylabel("score")
     ax.set_title("Retrieval quality over re-indexing runs")

@@ -141,10 +141,11 @@ def _reason(kind: str, column: str | None) -> str:
 def run_expectations(documents: Sequence[Document], limits: ValidationLimits, docs_dir: Path | None) -> Any:
     """Validate the batch with GX; build Data Docs HTML under `docs_dir` when given."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     root = docs_dir or Path(tempfile.mkdtemp(prefix="gx-"))
     context = gx.get_context(mode="file", project_root_dir=str(root))
-    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_or_update_pandas("documents")
     asset = source.add_dataframe_asset("batch")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole batch")

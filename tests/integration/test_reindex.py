@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests_support import sample_reports, write_reports
 
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.embedding import Embedder
@@ -16,7 +17,6 @@ from pipelines.knowledge.reindex import QualityGateFailed, run_reindex
 from pipelines.knowledge.retrieval import Retriever
 from pipelines.knowledge.validation import ValidationFailed
 from pipelines.settings import Settings
-from tests_support import sample_reports, write_reports
 
 N_REPORTS = 8
 
@@ -151,7 +151,9 @@ def test_full_rebuild_swaps_the_alias_only_when_the_gate_passes(indexed: Setting
 
 def test_acl_filters_what_each_caller_can_retrieve(indexed: Settings, embedder: Embedder) -> None:
     docs = _docs_dir(indexed)
-    (docs / "salaries.md").write_text("---\nacl: [hr]\n---\n# Salary bands\n\nThe grommet engineers salary band is confidential.")
+    (docs / "salaries.md").write_text(
+        "---\nacl: [hr]\n---\n# Salary bands\n\nThe grommet engineers salary band is confidential."
+    )
     run_reindex(indexed, embedder=embedder)
     with idx.connect(indexed) as client:
         retriever = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha)
@@ -200,7 +202,9 @@ def test_a_reader_always_finds_a_document_while_it_is_replaced(indexed: Settings
         with idx.connect(indexed) as client:
             collection = client.collections.use(indexed.collection_alias)
             while not stop.is_set():
-                found = collection.query.fetch_objects(filters=Filter.by_property("doc_id").equal(target["_id"]), limit=1)
+                found = collection.query.fetch_objects(
+                    filters=Filter.by_property("doc_id").equal(target["_id"]), limit=1
+                )
                 polls.append(1)
                 if not found.objects:
                     misses.append(time.time())

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests_support import sample_reports, write_reports
 
 from pipelines.knowledge import index as idx
 from pipelines.settings import Settings, get_settings
-from tests_support import sample_reports, write_reports
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 

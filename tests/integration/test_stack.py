@@ -39,7 +39,9 @@ def test_weaviate_round_trip(stack: Settings) -> None:
         from weaviate.classes.config import Configure, DataType, Property
 
         collection = client.collections.create(
-            name, vector_config=Configure.Vectors.self_provided(), properties=[Property(name="text", data_type=DataType.TEXT)]
+            name,
+            vector_config=Configure.Vectors.self_provided(),
+            properties=[Property(name="text", data_type=DataType.TEXT)],
         )
         try:
             collection.data.insert({"text": "the quarterly report on banking"}, vector=[1.0, 0.0, 0.0])
@@ -55,7 +57,6 @@ def test_weaviate_round_trip(stack: Settings) -> None:
 def test_mlflow_round_trip_with_registry_alias(stack: Settings) -> None:
     import mlflow
     from mlflow import MlflowClient
-
     from pipelines.tracking import configure
 
     configure(stack)

@@ -22,13 +22,17 @@ def _pdf(path: Path, text: str) -> None:
 
 
 def test_loads_every_supported_format(tmp_path: Path) -> None:
-    (tmp_path / "policy.md").write_text("---\nacl: [finance, legal]\nsource_url: https://wiki/policy\n---\n# Travel policy\n\nBook economy.")
+    (tmp_path / "policy.md").write_text(
+        "---\nacl: [finance, legal]\nsource_url: https://wiki/policy\n---\n# Travel policy\n\nBook economy."
+    )
     (tmp_path / "notes.txt").write_text("Plain notes about the quarter.")
     (tmp_path / "page.html").write_text(
         '<html><head><title>Pricing</title><meta name="acl" content="sales"></head>'
         "<body><script>x=1</script><p>Prices rise in May.</p></body></html>"
     )
-    (tmp_path / "rows.jsonl").write_text(json.dumps({"_id": "r1", "title": "Row", "text": "Row text", "acl": ["hr"]}) + "\n")
+    (tmp_path / "rows.jsonl").write_text(
+        json.dumps({"_id": "r1", "title": "Row", "text": "Row text", "acl": ["hr"]}) + "\n"
+    )
     _pdf(tmp_path / "memo.pdf", "Quarterly memo about margins")
     docs, problems = load_documents(str(tmp_path))
     by_id = {d.id: d for d in docs}
