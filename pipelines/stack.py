@@ -102,15 +102,22 @@ def weaviate_service(settings: Settings) -> Service:
     )
 
 
+def mlflow_server_options(settings: Settings) -> list[str]:
+    """`--option value` pairs from mlflow/server.conf."""
+    options: list[str] = []
+    for line in (settings.project_dir / "mlflow" / "server.conf").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            options += [f"--{key.strip()}", value.strip().format(state_dir=settings.state_dir)]
+    return options
+
+
 def mlflow_service(settings: Settings) -> Service:
-    root = settings.state_dir / "mlflow"
     argv = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1",
         "--port", str(settings.mlflow_port),
-        "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
+        *mlflow_server_options(settings),
         "--serve-artifacts",
     ]  # fmt: skip
     return Service("mlflow", argv, f"http://127.0.0.1:{settings.mlflow_port}/health")
