@@ -53,7 +53,9 @@ def run_index(settings: Settings, documents: list[Document], embedder: Embedder,
     (run_dir / "quarantined.json").write_text("[]")
     started = time.perf_counter()
     result = index_step(settings, run_id, full_rebuild=full, embedder=embedder)
-    return time.perf_counter() - started, {"embedded": result.chunks_embedded, **result.counts}
+    elapsed = time.perf_counter() - started
+    print(f"  index step ({'full' if full else 'incremental'}): {elapsed:.2f}s {result.timings_s}")
+    return elapsed, {"embedded": result.chunks_embedded, **result.counts}
 
 
 def edit_paragraph(document: Document, rng: random.Random) -> Document:
