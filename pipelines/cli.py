@@ -115,6 +115,25 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if answer.follows_format else 1
 
 
+def _drop(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from pipelines import drops
+
+    target = drops.drop_target(settings, args.kind)
+    paths = [Path(p) for p in args.paths]
+    if args.via_drop_folder:
+        names = drops.place(target, paths)
+        print(f"placed {len(names)} file(s) in {target.drop_dir}; the ingest_drops DAG moves them into "
+              f"{target.data_dir} and updates the {target.asset['name']} asset")  # fmt: skip
+        return 0
+    names = drops.publish(target, paths)
+    print(f"copied {len(names)} file(s) into {target.data_dir}")
+    event = drops.emit_asset_event(settings, target.asset, drops.event_extra(target, names, "pipelines drop"))
+    print(f"asset event {event} on {target.asset['name']}: DAGs scheduled on it start now ({settings.airflow_url})")
+    return 0
+
+
 DEMO_QUESTION = "How can AI agents transform retail banking operations?"
 
 
@@ -189,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=None, help="chunks to retrieve (default ANSWER_CONTEXTS)")
     p.add_argument("--groups", default="", help="comma-separated groups of the caller (ACL)")
     COMMANDS["ask"] = _ask
+    p = sub.add_parser("drop", help="add documents or training data and start the DAG that consumes them")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders whose files are dropped")
+    p.add_argument("--kind", choices=["documents", "training"], default="documents")
+    p.add_argument("--via-drop-folder", action="store_true",
+                   help="only place the files (with .done markers) for the ingest_drops DAG; no REST call")  # fmt: skip
+    COMMANDS["drop"] = _drop
     p = sub.add_parser("demo", help="main job via the running Airflow: re-index, retrain, promote, answer")
     p.add_argument("--steps", type=int, default=60, help="LoRA training steps (short default for CPUs)")
     p.add_argument("--question", default=DEMO_QUESTION)
@@ -199,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pipelines` command."""
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args, get_settings())
+    from pipelines.drops import DropError
+
+    try:
+        return COMMANDS[args.command](args, get_settings())
+    except DropError as err:
+        print(f"pipelines {args.command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_DIR / "data", alias="PIPELINES_DATA_DIR")
     documents_url: str = Field(default="", alias="DOCUMENTS_URL")
     drop_dir: Path | None = Field(default=None, alias="PIPELINES_DROP_DIR")
+    # A drop without a `<name>.done` marker counts as complete once its size and mtime
+    # have not changed for this long (slow copies over the network need more).
+    drop_settle_s: float = Field(default=30.0, alias="DROP_SETTLE_SECONDS")
+    drop_poll_s: float = Field(default=5.0, alias="DROP_POLL_SECONDS")
 
     # Weaviate: unset URL means the local server that `up` starts.
     weaviate_url: str = Field(default="", alias="WEAVIATE_URL")
@@ -51,6 +55,7 @@ class Settings(BaseSettings):
 
     # Airflow (local stack).
     airflow_port: int = Field(default=8080, alias="AIRFLOW_PORT")
+    airflow_api_url: str = Field(default="", alias="AIRFLOW_API_URL")  # unset: the local stack
     airflow_admin_user: str = Field(default="admin", alias="AIRFLOW_ADMIN_USER")
     airflow_admin_password: str = Field(default="admin", alias="AIRFLOW_ADMIN_PASSWORD")
 
@@ -148,7 +153,7 @@ class Settings(BaseSettings):
 
     @property
     def airflow_url(self) -> str:
-        return f"http://127.0.0.1:{self.airflow_port}"
+        return self.airflow_api_url or f"http://127.0.0.1:{self.airflow_port}"
 
     @property
     def embedding_model_path(self) -> str:

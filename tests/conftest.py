@@ -28,6 +28,8 @@ for var, port in (("WEAVIATE_HTTP_PORT", 18090), ("WEAVIATE_GRPC_PORT", 50061), 
     os.environ.setdefault(var, str(port))
 os.environ.update(
     PIPELINES_STATE_DIR=str(TEST_STATE / "stack"),
+    # Runs of the real scheduler (drops, UI triggers) read and `dvc add` a copy, never ./data.
+    PIPELINES_DATA_DIR=str(TEST_STATE / "project" / "data"),
     HF_HUB_OFFLINE="1",
     TRANSFORMERS_OFFLINE="1",
     TOKENIZERS_PARALLELISM="false",
@@ -52,7 +54,9 @@ from pipelines.settings import Settings  # noqa: E402
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """Settings of the test stack (separate ports and state folder)."""
+    """Settings of the test stack (separate ports, state folder and data project)."""
+    if not (TEST_STATE / "project" / "data").exists():
+        make_dvc_project(TEST_STATE / "project")
     return Settings()
 
 

@@ -52,6 +52,8 @@ def _client(settings: Settings) -> Any:
 
 def log_adapter(model: Any, tokenizer: Any, base_model_path: str) -> str:
     """Log the PEFT adapter to the active run (base weights referenced, not copied); returns its model URI."""
+    from importlib.metadata import version
+
     import mlflow
 
     info = mlflow.transformers.log_model(
@@ -59,6 +61,8 @@ def log_adapter(model: Any, tokenizer: Any, base_model_path: str) -> str:
         name=ADAPTER_ARTIFACT,
         task="text-generation",
         base_model_path=base_model_path,
+        # Explicit: MLflow's inferred list pins torchvision, which a text-only install lacks.
+        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "peft", "accelerate")],
     )
     return str(info.model_uri)
 

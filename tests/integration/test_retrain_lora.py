@@ -146,7 +146,9 @@ def test_candidate_trained_on_shuffled_answers_is_rejected_and_champion_unchange
     records = read_records(path)
     answers = [r.messages[1] for r in records]
     random.Random(0).shuffle(answers)
-    _write(path, [InstructionRecord(r.id, (r.messages[0], a), r.contexts) for r, a in zip(records, answers, strict=True)])
+    _write(
+        path, [InstructionRecord(r.id, (r.messages[0], a), r.contexts) for r, a in zip(records, answers, strict=True)]
+    )
     try:
         dag_run = _dag("retrain_lora").test(run_conf=TINY)
     finally:
