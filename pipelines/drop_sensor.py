@@ -29,9 +29,17 @@ class DropTrigger(BaseTrigger):
     look is kept in memory, so an unmarked file needs two looks `settle_s` apart.
     """
 
-    def __init__(self, drop_dirs: Mapping[str, str], settle_s: float, poll_s: float, idle_after_s: float) -> None:
+    def __init__(
+        self,
+        drop_dirs: Mapping[str, str],
+        settle_s: float,
+        poll_s: float,
+        idle_after_s: float,
+        accepted: Mapping[str, list[str]] | None = None,
+    ) -> None:
         super().__init__()
         self.drop_dirs = dict(drop_dirs)
+        self.accepted = dict(accepted or {})
         self.settle_s = settle_s
         self.poll_s = poll_s
         self.idle_after_s = idle_after_s
@@ -40,7 +48,7 @@ class DropTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {"drop_dirs": self.drop_dirs, "settle_s": self.settle_s, "poll_s": self.poll_s,
-             "idle_after_s": self.idle_after_s},
+             "idle_after_s": self.idle_after_s, "accepted": self.accepted},
         )  # fmt: skip
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -50,7 +58,8 @@ class DropTrigger(BaseTrigger):
             found: Found = {}
             for kind, directory in self.drop_dirs.items():
                 files, markers = await asyncio.to_thread(scan, Path(directory))
-                found[kind] = complete_files(previous[kind], files, markers, time.time(), self.settle_s)
+                accepted = self.accepted.get(kind, [])
+                found[kind] = complete_files(previous[kind], files, markers, time.time(), self.settle_s, accepted)
                 previous[kind] = files
             if any(found.values()):
                 self.log.info("complete drops: %s", found)
@@ -87,7 +96,8 @@ class DropSensor(BaseOperator):
             self.log.info("watching %s for %s (complete: `<name>.done` marker, or unchanged for %.0f s)",
                           target.drop_dir, target.kind, settings.drop_settle_s)  # fmt: skip
         trigger = DropTrigger({t.kind: str(t.drop_dir) for t in targets}, settings.drop_settle_s,
-                              settings.drop_poll_s, self.idle_after.total_seconds())  # fmt: skip
+                              settings.drop_poll_s, self.idle_after.total_seconds(),
+                              {t.kind: list(t.accepted) for t in targets if t.accepted})  # fmt: skip
         self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Found:

@@ -28,6 +28,8 @@ MARKER_SUFFIX = ".done"
 # Names writers use while a file is still in flight (rsync, browsers, editors, our own copies).
 IN_FLIGHT_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
 KINDS = ("documents", "training")
+# Training data is read from these files only (pipelines.behaviour.dataset); a drop replaces one.
+TRAINING_FILES = ("train.jsonl", "eval.jsonl", "ood.jsonl")
 
 
 class DropError(RuntimeError):
@@ -50,6 +52,7 @@ class DropTarget:
     drop_dir: Path
     data_dir: Path
     asset: Mapping[str, str]
+    accepted: tuple[str, ...] = ()  # names a drop may have; empty: any
 
 
 def drop_target(settings: Settings, kind: str) -> DropTarget:
@@ -59,7 +62,8 @@ def drop_target(settings: Settings, kind: str) -> DropTarget:
             raise DropError(f"documents come from {settings.documents_url}: drops need a local documents folder")
         return DropTarget(kind, settings.documents_drop_dir, Path(settings.documents_location), DOCUMENTS_ASSET)
     if kind == "training":
-        return DropTarget(kind, settings.training_drop_dir, settings.training_data_dir, TRAINING_DATA_ASSET)
+        return DropTarget(kind, settings.training_drop_dir, settings.training_data_dir, TRAINING_DATA_ASSET,
+                          TRAINING_FILES)  # fmt: skip
     raise DropError(f"unknown drop kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
@@ -102,10 +106,16 @@ def complete_files(
     markers: set[str],
     now: float,
     settle_s: float,
+    accepted: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Files safe to ingest (relative path -> size): marked, or unchanged and quiet for `settle_s`."""
+    """Files safe to ingest (relative path -> size): marked, or unchanged and quiet for `settle_s`.
+
+    Names outside `accepted` (when given) stay in the drop folder and never fire.
+    """
     ready = {}
     for name, state in current.items():
+        if accepted and name not in accepted:
+            continue
         stable = previous.get(name) == state and now - state.mtime >= settle_s
         if name in markers or stable:
             ready[name] = state.size
@@ -146,7 +156,7 @@ def ingest(target: DropTarget, expected: Mapping[str, int]) -> list[str]:
     return moved
 
 
-def _files_to_drop(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+def _files_to_drop(target: DropTarget, paths: Iterable[Path]) -> list[tuple[Path, str]]:
     """(source, relative name) for every file given; folders contribute their files."""
     found = []
     for path in paths:
@@ -161,13 +171,16 @@ def _files_to_drop(paths: Iterable[Path]) -> list[tuple[Path, str]]:
         raise DropError(f"hidden, in-flight or marker names are never ingested; rename: {', '.join(rejected)}")
     if not found:
         raise DropError("nothing to drop: the folders given hold no files")
+    unknown = [name for _, name in found if target.accepted and name not in target.accepted]
+    if unknown:
+        raise DropError(f"{target.kind} drops replace {', '.join(target.accepted)}; not: {', '.join(unknown)}")
     return found
 
 
 def place(target: DropTarget, paths: Sequence[Path]) -> list[str]:
     """Put files into the drop folder, each whole before its `.done` marker appears."""
     names = []
-    for source, name in _files_to_drop(paths):
+    for source, name in _files_to_drop(target, paths):
         _copy_into(source, target.drop_dir / name)
         (target.drop_dir / f"{name}{MARKER_SUFFIX}").touch()
         names.append(name)
@@ -177,7 +190,7 @@ def place(target: DropTarget, paths: Sequence[Path]) -> list[str]:
 def publish(target: DropTarget, paths: Sequence[Path]) -> list[str]:
     """Put files straight into the data location (atomically, one by one)."""
     names = []
-    for source, name in _files_to_drop(paths):
+    for source, name in _files_to_drop(target, paths):
         _copy_into(source, target.data_dir / name)
         names.append(name)
     return names

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_support import sample_reports
+from tests_support import sample_reports, wait_until_idle
 
 from pipelines.airflow_api import AirflowApi
 from pipelines.settings import Settings
@@ -27,18 +27,11 @@ def api(stack: Settings) -> Iterator[AirflowApi]:
         api.wait_for_dag(dag_id)
     assert not api.call("GET", "/dags/ingest_drops")["is_paused"], "the watcher must run without anyone unpausing it"
     api.unpause("reindex_documents")
-    _wait_until_idle(api, "reindex_documents")  # unpausing starts the latest missed daily run
+    wait_until_idle(api, "reindex_documents")  # unpausing starts the latest missed daily run
     try:
         yield api
     finally:
         api.call("PATCH", "/dags/reindex_documents", json={"is_paused": True})
-
-
-def _wait_until_idle(api: AirflowApi, dag_id: str) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while api.call("GET", f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})["total_entries"]:
-        assert time.monotonic() < deadline, f"{dag_id} stayed busy for {RUN_TIMEOUT_S}s"
-        time.sleep(5)
 
 
 def _new_documents(tag: str, n: int = 2) -> str:
@@ -129,18 +122,25 @@ def test_two_quick_drops_give_serialized_runs(api: AirflowApi, stack: Settings, 
 
 def test_a_training_drop_updates_the_training_data_asset(api: AirflowApi, stack: Settings, tmp_path: Path) -> None:
     since = _now()
-    records = (stack.training_data_dir / "train.jsonl").read_text().splitlines(keepends=True)[:5]
-    source = tmp_path / "extra-train.jsonl"
-    source.write_text("".join(records))
+    source = tmp_path / "train.jsonl"  # training drops replace one of the files the trainer reads
+    source.write_text((stack.training_data_dir / "train.jsonl").read_text())
     assert _pipelines("drop", "--kind", "training", "--via-drop-folder", str(source)).returncode == 0
+    refused = _pipelines("drop", "--kind", "training", str(tmp_path / "train.jsonl"), str(_other(tmp_path)))
+    assert refused.returncode == 1 and "training drops replace train.jsonl" in refused.stderr
 
     deadline = time.monotonic() + 120
     while not (events := _asset_events(api, "training_data", since)):
         assert time.monotonic() < deadline, "no training_data asset event"
         time.sleep(2)
-    assert events[0]["extra"]["files"] == ["extra-train.jsonl"]
+    assert events[0]["extra"]["files"] == ["train.jsonl"]
     assert events[0]["source_dag_id"] == "ingest_drops"
-    assert (stack.training_data_dir / "extra-train.jsonl").read_text() == source.read_text()
+    assert (stack.training_data_dir / "train.jsonl").read_text() == source.read_text()
+
+
+def _other(folder: Path) -> Path:
+    path = folder / "notes.jsonl"
+    path.write_text("{}\n")
+    return path
 
 
 def test_drop_without_a_reachable_api_fails_with_a_clear_message(stack: Settings, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests_support import wait_until_idle
 
 from pipelines.airflow_api import AirflowApi
 from pipelines.settings import Settings
@@ -60,14 +61,6 @@ def _log_in(page, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_url(lambda url: "/auth/login" not in url)
 
 
-def _wait_until_idle(api: AirflowApi, dag_id: str) -> None:
-    """Unpausing may start the latest missed cron run; let it finish so ours starts at once."""
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while api.call("GET", f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})["total_entries"]:
-        assert time.monotonic() < deadline, f"{dag_id} stayed busy"
-        time.sleep(5)
-
-
 def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
     stack: Settings, page, artifacts_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +69,7 @@ def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
         api.wait_for_dag(dag_id)
     api.unpause("reindex_documents")
     try:
-        _wait_until_idle(api, "reindex_documents")
+        wait_until_idle(api, "reindex_documents")
         _log_in(page, stack)
         _shot(page, artifacts_dir, "01-logged-in")
 
@@ -95,7 +88,7 @@ def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
         dialog.get_by_text("Full rebuild").wait_for()
         dialog.get_by_text("Build a new versioned collection").wait_for()  # the param's description
         switch = dialog.locator("input[name='element_full_rebuild']")
-        dialog.locator("label", has=switch).click()  # the input itself is visually hidden
+        dialog.locator("label:has(input[name='element_full_rebuild'])").click()  # the input is visually hidden
         assert switch.is_checked()
         run_id = f"ui_full_rebuild_{uuid.uuid4().hex[:8]}"
         dialog.get_by_text("Advanced Options").click()

@@ -19,3 +19,22 @@ def write_reports(documents_dir: Path, rows: list[dict], name: str = "reports.js
     with (documents_dir / name).open("w") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def wait_until_idle(api, dag_id: str, timeout_s: float = 900) -> None:  # type: ignore[no-untyped-def]
+    """Until the DAG has no queued or running run, nor a due run the scheduler has yet to create.
+
+    Unpausing a daily DAG with catchup=False starts its latest missed run; tests wait it out.
+    """
+    import time
+    from datetime import UTC, datetime
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        due = api.call("GET", f"/dags/{dag_id}").get("next_dagrun_run_after")
+        overdue = due is not None and datetime.fromisoformat(due) <= datetime.now(UTC)
+        active = api.call("GET", f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})
+        if not overdue and not active["total_entries"]:
+            return
+        time.sleep(5)
+    raise AssertionError(f"{dag_id} still busy after {timeout_s:.0f}s")

@@ -133,3 +133,15 @@ def test_stale_unmarked_file_is_complete_on_the_second_look(target: DropTarget) 
     second, markers = drops.scan(target.drop_dir)
     assert drops.complete_files({}, first, markers, time.time(), 30) == {}
     assert drops.complete_files(first, second, markers, time.time(), 30) == {"old.jsonl": len("written a while ago")}
+
+
+def test_training_drops_only_replace_the_files_the_trainer_reads(tmp_path: Path) -> None:
+    from pipelines.settings import Settings
+
+    target = drops.drop_target(Settings(state_dir=tmp_path / "s", data_dir=tmp_path / "d"), "training")
+    (tmp_path / "notes.jsonl").write_text("{}")
+    with pytest.raises(drops.DropError, match="training drops replace train.jsonl, eval.jsonl, ood.jsonl"):
+        drops.place(target, [tmp_path / "notes.jsonl"])
+    current = {"notes.jsonl": FileState(2, 0.0), "eval.jsonl": FileState(3, 0.0)}
+    ready = drops.complete_files({}, current, {"notes.jsonl", "eval.jsonl"}, 1.0, 30, target.accepted)
+    assert ready == {"eval.jsonl": 3}
