@@ -118,7 +118,7 @@ def _echo_model():  # type: ignore[no-untyped-def]
     import mlflow
 
     class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input):  # type: ignore[no-untyped-def]
+        def predict(self, context, model_input: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
             return model_input
 
     return Echo()
