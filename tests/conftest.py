@@ -20,7 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_STATE = Path(os.environ.get("PIPELINES_TEST_STATE") or tempfile.mkdtemp(prefix="pipelines-test-"))
 ARTIFACTS = ROOT / "test-artifacts"
 
-for var in ("WEAVIATE_URL", "WEAVIATE_GRPC_URL", "WEAVIATE_API_KEY", "MLFLOW_TRACKING_URI", "DOCUMENTS_URL", "AIRFLOW_API_URL"):
+for var in (
+    "WEAVIATE_URL",
+    "WEAVIATE_GRPC_URL",
+    "WEAVIATE_API_KEY",
+    "MLFLOW_TRACKING_URI",
+    "DOCUMENTS_URL",
+    "AIRFLOW_API_URL",
+):
     os.environ.pop(var, None)
 # Ports may be overridden so that two test sessions can run side by side.
 for var, port in (("WEAVIATE_HTTP_PORT", 18090), ("WEAVIATE_GRPC_PORT", 50061), ("MLFLOW_PORT", 15050),
