@@ -64,8 +64,13 @@ def _client(settings: Settings):  # type: ignore[no-untyped-def]
     return MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
-def _champion(settings: Settings) -> str:
-    return _client(settings).get_model_version_by_alias(settings.registered_model, "champion").version
+def _champion(settings: Settings) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(settings).get_model_version_by_alias(settings.registered_model, "champion").version
+    except MlflowException:
+        return None
 
 
 def _training_file(settings: Settings) -> Path:
