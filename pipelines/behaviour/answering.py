@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from pipelines.behaviour.house_format import ContextChunk, best_window, chat_messages, parse_answer
@@ -66,8 +65,19 @@ class AnsweringModel:
     description: str
 
 
-@lru_cache(maxsize=2)
+# Settings objects are not hashable; models are cached by what identifies them.
+_MODELS: dict[tuple[str, str, str, str | None], AnsweringModel] = {}
+
+
 def _load(settings: Settings, version: str | None) -> AnsweringModel:
+    key = (settings.tracking_uri, settings.registered_model, settings.base_model, version)
+    if key not in _MODELS:
+        _MODELS.clear()  # one model in memory at a time
+        _MODELS[key] = _load_uncached(settings, version)
+    return _MODELS[key]
+
+
+def _load_uncached(settings: Settings, version: str | None) -> AnsweringModel:
     import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, pick_device, resolve_base_model
     from pipelines.tracking import configure
