@@ -17,7 +17,7 @@ from pipelines.airflow_api import AirflowApi
 from pipelines.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1500
 pytestmark = pytest.mark.slow
 
 
@@ -39,7 +39,7 @@ def browser() -> Iterator:
 def page(browser, artifacts_dir: Path) -> Iterator:  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(120_000)
     try:
         yield page
     finally:
