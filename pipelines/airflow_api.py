@@ -7,10 +7,22 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from pipelines.settings import Settings
 
 FINISHED = {"success", "failed"}
+
+# A busy metadata database (SQLite locked, Postgres failover) answers 500/503 for a moment.
+# Calls that are safe to repeat are retried with backoff; a trigger is not (it is not idempotent).
+RETRY = Retry(
+    total=6,
+    backoff_factor=1.0,
+    status_forcelist=(500, 502, 503, 504),
+    allowed_methods=frozenset({"GET", "PATCH", "PUT", "DELETE"}),
+    raise_on_status=False,
+)
 
 
 class AirflowApiError(RuntimeError):
@@ -30,6 +42,7 @@ class AirflowApi:
         if response.status_code not in (200, 201):
             raise AirflowApiError(f"login to {self.base} failed: {response.status_code} {response.text[:200]}")
         self.session = requests.Session()
+        self.session.mount(self.base, HTTPAdapter(max_retries=RETRY))
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:

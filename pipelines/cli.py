@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 
 from pipelines.settings import Settings, get_settings
 
@@ -40,7 +40,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines import stack
 
     for name, pid in stack.status(settings).items():
-        print(f"{name:24s} {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"{name:24s} {f'running (pid {pid})' if pid else 'stopped'}")
     return 0
 
 

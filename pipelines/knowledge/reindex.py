@@ -265,7 +265,8 @@ def plot_history(settings: Settings, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     for metric in ("hybrid_ndcg_at_10", "hybrid_recall_at_10", "hybrid_mrr", "vector_ndcg_at_10", "bm25_ndcg_at_10"):
-        ax.plot(range(1, len(runs) + 1), [r.data.metrics.get(metric, float("nan")) for r in runs], marker="o", label=metric)
+        values = [r.data.metrics.get(metric, float("nan")) for r in runs]
+        ax.plot(range(1, len(runs) + 1), values, marker="o", label=metric)
     ax.set_xlabel("run")
     ax.set_ylabel("score")
     ax.set_title("Retrieval quality over re-indexing runs")

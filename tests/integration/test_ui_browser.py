@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests_support import wait_until_idle
 
-from pipelines.airflow_api import AirflowApi
+from pipelines.airflow_api import FINISHED, AirflowApi, AirflowApiError
 from pipelines.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,6 +61,26 @@ def _log_in(page, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_url(lambda url: "/auth/login" not in url)
 
 
+def _wait_for_run(api: AirflowApi, run_id: str, page, artifacts_dir: Path) -> str:  # type: ignore[no-untyped-def]
+    """The UI's POST may still be in flight when the click returns: a 404 first is not a failure."""
+    path = f"/dags/reindex_documents/dagRuns/{run_id}"
+    created_by = time.monotonic() + 120
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        try:
+            state = api.call("GET", path)["state"]
+        except AirflowApiError as error:
+            if "404" not in str(error) or time.monotonic() > created_by:
+                _shot(page, artifacts_dir, "03-trigger-not-created")
+                raise
+            time.sleep(2)
+            continue
+        if state in FINISHED:
+            return str(state)
+        assert time.monotonic() < deadline, f"{run_id} still {state}"
+        time.sleep(5)
+
+
 def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
     stack: Settings, page, artifacts_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -97,13 +117,7 @@ def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
         dialog.get_by_test_id("trigger-dag-submit").click()
 
         run_page = f"{stack.airflow_url}/dags/reindex_documents/runs/{run_id}"
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while (state := api.call("GET", f"/dags/reindex_documents/dagRuns/{run_id}")["state"]) not in (
-            "success",
-            "failed",
-        ):
-            assert time.monotonic() < deadline, f"{run_id} still {state}"
-            time.sleep(5)
+        state = _wait_for_run(api, run_id, page, artifacts_dir)
         page.goto(run_page)
         page.get_by_text(run_id).first.wait_for()
         page.get_by_text("success").first.wait_for()
