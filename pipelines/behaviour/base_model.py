@@ -54,7 +54,7 @@ def dequantise_bundled(target: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=BUNDLED_GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=BUNDLED_GGUF)
     # The weights are plain float32 now; drop the GGUF quantiser so save_pretrained accepts them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")
@@ -78,8 +78,8 @@ def resolve_base_model(settings: Settings, name: str | None = None) -> BaseModel
     """The configured (or given) base model as a local folder, downloading or dequantising as needed."""
     name = name if name is not None else settings.base_model
     if not name:
-        path = dequantise_bundled(settings.state_dir / "models" / "SmolLM2-135M-Instruct")
-        return BaseModel(BUNDLED_MODEL_ID, str(path), _weights_hash(str(path)))
+        folder = str(dequantise_bundled(settings.state_dir / "models" / "SmolLM2-135M-Instruct"))
+        return BaseModel(BUNDLED_MODEL_ID, folder, _weights_hash(folder))
     if Path(name).is_dir():
         return BaseModel(name, str(Path(name).resolve()), _weights_hash(str(Path(name).resolve())))
     from huggingface_hub import snapshot_download
@@ -112,4 +112,5 @@ def load_model(base: BaseModel, device: str | None = None) -> Any:
 
     device = device or pick_device()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+    return model.to(device)  # type: ignore[arg-type]

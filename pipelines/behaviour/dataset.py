@@ -222,7 +222,7 @@ def _train_records(rng: random.Random, chunks: Sequence[_Chunk], held_out: set[s
     idf = {w: math.log(len(chunks) / df) for w, df in docs.items()}
     candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and _sentences(c.text)]
     rng.shuffle(candidates)
-    records = []
+    records: list[InstructionRecord] = []
     for chunk in candidates[:n]:
         sentence = rng.choice(_sentences(chunk.text))
         question = _synthetic_question(rng, sentence, idf)
@@ -242,7 +242,7 @@ def write_training_sample(source_dir: Path, out_dir: Path, seed: int = 13) -> Tr
     queries = {
         row["_id"]: row["text"] for row in map(json.loads, (source_dir / "queries.jsonl").read_text().splitlines())
     }
-    qrels = {}
+    qrels: dict[str, str] = {}
     for line in (source_dir / "qrels" / "reports.tsv").read_text().splitlines()[1:]:
         query_id, report, score = line.split("\t")
         if int(score) > 0:

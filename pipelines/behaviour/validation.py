@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,10 +173,11 @@ def _failures(result: Any, frame: Any) -> list[Failure]:
 def validate_training_data(data: TrainingData, tokenizer: Any, limits: DataLimits) -> DataReport:
     """Run the GX suite over train and eval records; the report lists every broken expectation."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     frame = _frame(data, tokenizer)
-    context = gx.get_context(mode="ephemeral", project_root_dir=tempfile.mkdtemp(prefix="gx-training-"))
-    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_definition = (
         context.data_sources.add_pandas("training")
         .add_dataframe_asset("records")
