@@ -19,6 +19,7 @@ from pathlib import Path
 from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
 from pipelines.behaviour.dataset import load_training_data
 from pipelines.behaviour.evaluation import EvalConfig, evaluate_model, forgetting, summary_table
+from pipelines.behaviour.retrain import RetrainRequest
 from pipelines.behaviour.training import IGNORE, TrainConfig, add_lora, tokenize_record, train_adapter
 from pipelines.settings import get_settings
 
@@ -65,7 +66,7 @@ def main() -> None:
     settings = get_settings()
     data = load_training_data(settings.training_data_dir)
     base = resolve_base_model(settings)
-    config = TrainConfig(steps=args.steps, learning_rate=settings.lora_learning_rate)
+    config = RetrainRequest.from_settings(settings, {"steps": args.steps}).train
 
     baseline = plain_trainer_tokens_per_s(base, data.train, config)
     tokenizer, model = load_tokenizer(base), load_model(base)

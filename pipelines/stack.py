@@ -74,6 +74,7 @@ def weaviate_service(settings: Settings) -> Service:
         "GO_PROFILING_DISABLE": "true",
         "PROMETHEUS_MONITORING_ENABLED": "false",
         "QUERY_DEFAULTS_LIMIT": "25",
+        "PERSISTENCE_MEMTABLES_FLUSH_DIRTY_AFTER_SECONDS": str(settings.weaviate_memtable_flush_s),
         "CLUSTER_HOSTNAME": "node1",
         "CLUSTER_BIND_ADDR": "127.0.0.1",
         "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",

@@ -48,6 +48,7 @@ class RetrainRequest:
             lora_rank=int(o.get("lora_rank", settings.lora_rank)),
             lora_alpha=2 * int(o.get("lora_rank", settings.lora_rank)),
             max_seq_len=settings.lora_max_seq_len,
+            top_layers=settings.lora_top_layers,
             seed=int(o.get("seed", settings.seed)),
         )
         evaluation = EvalConfig(

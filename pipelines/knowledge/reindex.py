@@ -77,6 +77,9 @@ class ReindexReport:
         }
 
 
+WRITTEN_AT = "written_at"  # file in the run folder: when the index step last wrote to Weaviate
+
+
 def _run_dir(settings: Settings, run_id: str) -> Path:
     return settings.state_dir / "runs" / run_id
 
@@ -209,6 +212,8 @@ def index_step(
             started = time.perf_counter()
             idx.delete_objects(client, collection, plan.to_delete, settings.delete_page_size)
             timings["delete"] = time.perf_counter() - started
+            if plan.to_write or plan.to_move or plan.to_delete:
+                (run_dir / WRITTEN_AT).write_text(str(time.time()))
         except Exception:
             if not incremental:  # a half-built new collection is never left behind
                 client.collections.delete(collection)
@@ -278,11 +283,29 @@ def plot_history(settings: Settings, path: Path) -> Path | None:
     return path
 
 
+def wait_until_settled(settings: Settings, run_id: str) -> float:
+    """Sleep until `weaviate_settle_s` after the index step's last write; returns the seconds waited.
+
+    Weaviate takes BM25's average property lengths from flushed segments, so keyword scores on
+    writes still in a memtable are skewed; measuring then would gate on numbers no reader sees.
+    """
+    marker = _run_dir(settings, run_id) / WRITTEN_AT
+    if not marker.exists():
+        return 0.0
+    remaining = float(marker.read_text()) + settings.weaviate_settle_s - time.time()
+    if remaining > 0:
+        log.info("waiting %.1fs for Weaviate to flush the run's writes before measuring", remaining)
+        time.sleep(remaining)
+    return max(0.0, remaining)
+
+
 def evaluate_step(
     settings: Settings, run_id: str, collection: str, mode: str, embedder: Embedder | None = None
 ) -> ReindexReport:
     """Evaluate the collection, gate it against the last accepted run, and go live if it passes."""
     import mlflow
+
+    waited = wait_until_settled(settings, run_id)
 
     manifest = IndexManifest.load(settings.manifest_dir, collection)
     indexed = set(manifest.documents) if manifest else set()
@@ -292,6 +315,7 @@ def evaluate_step(
         report = evaluate_retrieval(Retriever(client, embedder, collection, settings.hybrid_alpha), golden)
         metrics = report.flat()
         metrics["golden_queries"] = float(len(golden.queries))
+        metrics["time_settle_wait_s"] = waited
         lat = sorted(report.latencies_ms)
         metrics["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat else 0.0
         metrics["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat else 0.0
