@@ -144,8 +144,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     api = AirflowApi(settings)
     print("1/3 reindex_documents: validate, version, index and evaluate the documents")
     api.run_and_wait("reindex_documents", {"full_rebuild": False}, timeout_s=1800)
-    print(f"2/3 retrain_lora: train a LoRA adapter ({args.steps} steps), evaluate, register, promote (auto)")
-    api.run_and_wait("retrain_lora", {"steps": args.steps, "promotion_policy": "auto"}, timeout_s=3600)
+    steps = args.steps or settings.lora_steps
+    print(f"2/3 retrain_lora: train a LoRA adapter ({steps} steps), evaluate, register, promote (auto)")
+    api.run_and_wait("retrain_lora", {"steps": steps, "promotion_policy": "auto"}, timeout_s=3600)
     print(f"3/3 ask: {args.question}")
     from pipelines.behaviour.answering import ask
 
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only place the files (with .done markers) for the ingest_drops DAG; no REST call")  # fmt: skip
     COMMANDS["drop"] = _drop
     p = sub.add_parser("demo", help="main job via the running Airflow: re-index, retrain, promote, answer")
-    p.add_argument("--steps", type=int, default=60, help="LoRA training steps (short default for CPUs)")
+    p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: LORA_STEPS)")
     p.add_argument("--question", default=DEMO_QUESTION)
     COMMANDS["demo"] = _demo
     return parser

