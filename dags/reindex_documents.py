@@ -68,8 +68,10 @@ def reindex_documents() -> None:
     @task
     def version(mlflow_run_id: str) -> dict[str, str]:
         from pipelines.knowledge.reindex import version_step
+        from pipelines.orchestration import note_mlflow_run
         from pipelines.settings import get_settings
 
+        note_mlflow_run(get_settings(), get_current_context(), mlflow_run_id)  # the run page links MLflow
         return version_step(get_settings(), mlflow_run_id)
 
     @task(pool=WRITER_POOL)

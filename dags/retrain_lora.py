@@ -83,8 +83,10 @@ def retrain_lora() -> None:
     @task
     def version(mlflow_run: str) -> str:
         from pipelines.behaviour.retrain import version_data
+        from pipelines.orchestration import note_mlflow_run
         from pipelines.settings import get_settings
 
+        note_mlflow_run(get_settings(), get_current_context(), mlflow_run)  # the run page links MLflow
         return version_data(get_settings(), mlflow_run)
 
     @task

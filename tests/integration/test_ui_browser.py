@@ -123,7 +123,11 @@ def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
         page.get_by_text("success").first.wait_for()
         _shot(page, artifacts_dir, "04-run-succeeded")
         assert state == "success", f"{run_id} ended {state}; see {artifacts_dir}/ui-04-run-succeeded.png"
-        assert api.call("GET", f"/dags/reindex_documents/dagRuns/{run_id}")["conf"] == {"full_rebuild": True}
+        run = api.call("GET", f"/dags/reindex_documents/dagRuns/{run_id}")
+        assert run["conf"] == {"full_rebuild": True}
+        # The run's note (on its page) links the MLflow run the tasks logged to.
+        assert (run.get("note") or "").startswith(f"MLflow run: {stack.tracking_uri}/#/experiments/"), run.get("note")
+        page.get_by_text("MLflow run:").first.wait_for()
     finally:
         api.call("PATCH", "/dags/reindex_documents", json={"is_paused": True})
 
