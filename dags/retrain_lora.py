@@ -116,8 +116,9 @@ def retrain_lora() -> None:
     def decide(mlflow_run: str, version: str, summary: dict) -> dict:
         from dataclasses import asdict
 
-        from pipelines.behaviour.retrain import EvaluationSummary, decide_promotion, run_link
+        from pipelines.behaviour.retrain import EvaluationSummary, decide_promotion
         from pipelines.settings import get_settings
+        from pipelines.tracking import run_link
 
         settings = get_settings()
         decision = decide_promotion(settings, request(), mlflow_run, version, EvaluationSummary(**summary))

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.assets import DOCUMENTS_ASSET, TRAINING_DATA_ASSET
+from pipelines.behaviour.dataset import EVAL_FILE, OOD_FILE, TRAIN_FILE
 from pipelines.settings import Settings
 
 MARKER_SUFFIX = ".done"
 # Names writers use while a file is still in flight (rsync, browsers, editors, our own copies).
 IN_FLIGHT_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
 KINDS = ("documents", "training")
-# Training data is read from these files only (pipelines.behaviour.dataset); a drop replaces one.
-TRAINING_FILES = ("train.jsonl", "eval.jsonl", "ood.jsonl")
+# Training data is read from these files only; a drop replaces one.
+TRAINING_FILES = (TRAIN_FILE, EVAL_FILE, OOD_FILE)
 
 
 class DropError(RuntimeError):

@@ -36,12 +36,10 @@ def note_mlflow_run(settings: Settings, context: Mapping[str, Any], mlflow_run_i
     """
     import requests
 
-    import mlflow
     from pipelines.airflow_api import AirflowApi, AirflowApiError
-    from pipelines.tracking import configure, run_url
+    from pipelines.tracking import run_link
 
-    configure(settings)
-    url = run_url(settings, mlflow.get_run(mlflow_run_id).info.experiment_id, mlflow_run_id)
+    url = run_link(settings, mlflow_run_id)
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
     try:
         AirflowApi(settings).call(

@@ -62,3 +62,11 @@ def airflow_tags(context: Mapping[str, Any] | None) -> dict[str, str]:
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
     """Link to a run in the MLflow UI."""
     return f"{settings.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_link(settings: Settings, run_id: str) -> str:
+    """Link to a run in the MLflow UI, looking up its experiment."""
+    import mlflow
+
+    configure(settings)
+    return run_url(settings, mlflow.get_run(run_id).info.experiment_id, run_id)

@@ -20,6 +20,7 @@ from pipelines.behaviour.evaluation import EvalConfig, ModelReport
 from pipelines.behaviour.gate import GateDecision, GateThresholds, PromotionPolicy, Scores, decide
 from pipelines.behaviour.training import TrainConfig
 from pipelines.settings import Settings
+from pipelines.tracking import run_link
 
 log = logging.getLogger(__name__)
 ROLES = ("base", "candidate", "champion")
@@ -88,15 +89,6 @@ def _run(
     from pipelines.tracking import tracked_run
 
     return tracked_run(settings, settings.training_experiment, run_name=name, run_id=run_id, tags=tags)
-
-
-def run_link(settings: Settings, run_id: str) -> str:
-    """URL of the run in the MLflow UI."""
-    import mlflow
-    from pipelines.tracking import configure, run_url
-
-    configure(settings)
-    return run_url(settings, mlflow.get_run(run_id).info.experiment_id, run_id)
 
 
 def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str, str] | None = None) -> str:
