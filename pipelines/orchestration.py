@@ -11,21 +11,19 @@ from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Failures that a retry cannot fix: bad data or a failed quality gate.
-DETERMINISTIC_FAILURES = ("ValidationFailed", "QualityGateFailed", "TrainingDataInvalid", "PromotionRejected")
 
 
 @contextmanager
 def fail_fast() -> Iterator[None]:
     """Turn deterministic failures into AirflowFailException so the task is not retried."""
+    from pipelines.failures import DeterministicFailure
+
     try:
         yield
-    except Exception as err:
-        if type(err).__name__ in DETERMINISTIC_FAILURES:
-            from airflow.exceptions import AirflowFailException
+    except DeterministicFailure as err:
+        from airflow.exceptions import AirflowFailException
 
-            raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-        raise
+        raise AirflowFailException(f"{type(err).__name__}: {err}") from err
 
 
 def note_mlflow_run(settings: Settings, context: Mapping[str, Any], mlflow_run_id: str) -> str | None:

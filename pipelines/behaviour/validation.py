@@ -17,12 +17,9 @@ from typing import Any
 
 from pipelines.behaviour.dataset import InstructionRecord, TrainingData
 from pipelines.behaviour.house_format import ANSWER_PATTERN, parse_answer, words
+from pipelines.failures import TrainingDataInvalid
 
 ALLOWED_ROLES = ["user,assistant", "system,user,assistant"]
-
-
-class TrainingDataInvalid(RuntimeError):
-    """The training data broke an expectation; nothing was trained."""
 
 
 @dataclass(frozen=True)

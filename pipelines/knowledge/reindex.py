@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.failures import QualityGateFailed
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.chunking import Chunk, ChunkerConfig
 from pipelines.knowledge.documents import Document, load_documents
@@ -30,10 +31,6 @@ from pipelines.settings import Settings
 from pipelines.tracking import airflow_tags, run_url, tracked_run
 
 log = logging.getLogger(__name__)
-
-
-class QualityGateFailed(RuntimeError):
-    """Retrieval quality regressed; the alias was not moved."""
 
 
 @dataclass

@@ -16,13 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.failures import ValidationFailed
 from pipelines.knowledge.documents import SUPPORTED_TYPES, Document, LoadProblem
 
 log = logging.getLogger(__name__)
-
-
-class ValidationFailed(RuntimeError):
-    """The batch broke a hard threshold; nothing was indexed."""
 
 
 @dataclass(frozen=True)
