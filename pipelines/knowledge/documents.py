@@ -15,7 +15,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -37,6 +37,9 @@ class Document:
     source_url: str = ""
     encoding_valid: bool = True
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The file this document came from (relative to the location): a JSONL file holds many documents,
+    # and if that file cannot be read tomorrow, every document it held must be kept, not deleted.
+    source: str = ""
 
     @property
     def content_hash(self) -> str:
@@ -51,6 +54,7 @@ class LoadProblem:
 
     path: str
     reason: str
+    source: str = ""  # the file it belongs to (a JSONL row's problem names the row, `file:line`)
 
 
 def _acl(value: Any) -> tuple[str, ...]:
@@ -164,11 +168,14 @@ def load_documents(location: str) -> tuple[list[Document], list[LoadProblem]]:
             raw = fs.cat_file(path)
             if suffix == "jsonl":
                 for item in parse_jsonl(rel, raw):
-                    (documents if isinstance(item, Document) else problems).append(item)  # type: ignore[arg-type]
+                    if isinstance(item, Document):
+                        documents.append(replace(item, source=rel))
+                    else:
+                        problems.append(replace(item, source=rel))
             elif suffix in PARSERS:
-                documents.append(PARSERS[suffix](rel, raw))
+                documents.append(replace(PARSERS[suffix](rel, raw), source=rel))
             else:
-                documents.append(Document(rel, PurePosixPath(rel).stem, "", suffix or "none"))
+                documents.append(Document(rel, PurePosixPath(rel).stem, "", suffix or "none", source=rel))
         except Exception as err:  # noqa: BLE001 - any parser failure is reported, never fatal
-            problems.append(LoadProblem(rel, f"{type(err).__name__}: {err}"))
+            problems.append(LoadProblem(rel, f"{type(err).__name__}: {err}", source=rel))
     return documents, problems
