@@ -63,11 +63,36 @@ def weaviate_ports(settings: Settings) -> dict[str, int]:
     return {"gossip": base + 1, "data": base + 2, "raft": base + 3, "raft_rpc": base + 4}
 
 
+def weaviate_api_key(settings: Settings) -> str:
+    """The local Weaviate's API key: WEAVIATE_API_KEY, else a key generated once into a 0600 file."""
+    if settings.weaviate_api_key:
+        return settings.weaviate_api_key
+    path = settings.weaviate_api_key_file
+    assert path is not None  # set by Settings' validator
+    if not path.is_file():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # O_EXCL + 0600 at creation: the key is never readable by others, not even for a moment.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another `up` made it meanwhile
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def weaviate_service(settings: Settings) -> Service:
     ports = weaviate_ports(settings)
     env = {
         "PERSISTENCE_DATA_PATH": str(settings.state_dir / "weaviate"),
-        "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+        # Any local process (or a DNS-rebinding page) could read every object anonymously:
+        # only holders of the key get in, and that key's user is the only admin.
+        "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+        "AUTHENTICATION_APIKEY_ENABLED": "true",
+        "AUTHENTICATION_APIKEY_ALLOWED_KEYS": weaviate_api_key(settings),
+        "AUTHENTICATION_APIKEY_USERS": "pipelines",
+        "AUTHORIZATION_ADMINLIST_ENABLED": "true",
+        "AUTHORIZATION_ADMINLIST_USERS": "pipelines",
         "DEFAULT_VECTORIZER_MODULE": "none",
         "ENABLE_MODULES": "",
         "DISABLE_TELEMETRY": "true",

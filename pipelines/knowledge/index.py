@@ -45,7 +45,7 @@ def connect(settings: Settings) -> Iterator[Any]:
             grpc_host=grpc.hostname or "localhost",
             grpc_port=grpc.port or 50051,
             grpc_secure=grpc.scheme in ("https", "grpcs"),
-            auth_credentials=Auth.api_key(settings.weaviate_api_key) if settings.weaviate_api_key else None,
+            auth_credentials=Auth.api_key(settings.weaviate_key) if settings.weaviate_key else None,
             additional_config=config,
             skip_init_checks=False,
         )
@@ -54,6 +54,8 @@ def connect(settings: Settings) -> Iterator[Any]:
             host="127.0.0.1",
             port=settings.weaviate_http_port,
             grpc_port=settings.weaviate_grpc_port,
+            # The local server refuses anonymous requests; `up` generated its key.
+            auth_credentials=Auth.api_key(settings.weaviate_key) if settings.weaviate_key else None,
             additional_config=config,
         )
     try:

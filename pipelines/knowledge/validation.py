@@ -4,12 +4,17 @@ Each expectation that a document breaks sends it to the quarantine report with
 the expectation's name and a reason; the rest go on to be indexed. Hard limits
 (no documents at all, too large a share invalid) stop the run before Weaviate is
 touched. GX runs inside the task (no Airflow provider: its pins break Airflow 3).
+
+The GX frame holds no document text: only ids and derived columns (text length,
+number of PII patterns matched, ACL groups and problems). Data Docs and the report
+render unexpected values, and they go to MLflow, which has no per-document ACL.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.failures import ValidationFailed
-from pipelines.knowledge.documents import SUPPORTED_TYPES, Document, LoadProblem
+from pipelines.knowledge.documents import DEFAULT_ACL_GROUP_PATTERN, PUBLIC, SUPPORTED_TYPES, Document, LoadProblem
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,9 @@ class QuarantineRecord:
     document: str
     expectation: str
     reason: str
+    # The groups the document would have had (a stricter ACL must still take effect); None when
+    # the file could not be read, () when it names no group: both mean "nobody".
+    acl: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class ValidationLimits:
     max_text_chars: int = 2_000_000
     max_invalid_share: float = 0.2
     pii_patterns: tuple[str, ...] = ()
+    acl_group_pattern: str = DEFAULT_ACL_GROUP_PATTERN
 
 
 @dataclass
@@ -51,6 +60,14 @@ class ValidationReport:
     expectation_results: list[dict[str, Any]] = field(default_factory=list)
     data_docs_dir: str | None = None
     hard_failure: str | None = None
+
+    @property
+    def quarantined_acls(self) -> dict[str, tuple[str, ...] | None]:
+        """Quarantined document -> the ACL it would have had (None: unknown); what a planner reads."""
+        found: dict[str, tuple[str, ...] | None] = {}
+        for q in self.quarantine:
+            found[q.document] = q.acl if found.get(q.document, q.acl) == q.acl else None
+        return found
 
     @property
     def invalid_count(self) -> int:
@@ -82,18 +99,37 @@ class ValidationReport:
         return path
 
 
-def _frame(documents: Sequence[Document]) -> Any:
+COLUMNS = ["doc_id", "file_type", "encoding_valid", "text_length", "pii_matches", "acl", "acl_problem"]
+
+
+def _pii_matches(text: str, patterns: Sequence[re.Pattern[str]]) -> int:
+    return sum(1 for pattern in patterns if pattern.search(text))
+
+
+def _frame(documents: Sequence[Document], limits: ValidationLimits) -> Any:
+    """One row per document, with derived columns only: no title, no text."""
     import pandas as pd
 
+    patterns = [re.compile(p) for p in limits.pii_patterns]
     return pd.DataFrame(
         {
             "doc_id": [d.id for d in documents],
-            "title": [d.title for d in documents],
-            "text": [d.text for d in documents],
             "file_type": [d.file_type for d in documents],
             "encoding_valid": [d.encoding_valid for d in documents],
+            "text_length": [len(d.text) for d in documents],
+            "pii_matches": [_pii_matches(d.text, patterns) for d in documents],
+            # A document with an ACL problem is reported by `acl_problem` alone (GX skips nulls).
+            "acl": [None if d.acl_problem else ",".join(d.acl) for d in documents],
+            "acl_problem": [d.acl_problem for d in documents],
         }
     )
+
+
+def acl_list_regex(group_pattern: str) -> str:
+    """A regex for comma-joined groups, each `public` or matching `group_pattern`."""
+    group = re.sub(r"^(\^|\\A)|(\$|\\Z)$", "", group_pattern)
+    one = f"(?:{PUBLIC}|(?:{group}))"
+    return f"^{one}(?:,{one})*$"
 
 
 def _suite(limits: ValidationLimits) -> Any:
@@ -103,19 +139,17 @@ def _suite(limits: ValidationLimits) -> Any:
     suite = gx.ExpectationSuite(name="documents")
     for expectation in (
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        gxe.ExpectTableColumnsToMatchSet(column_set=["doc_id", "title", "text", "file_type", "encoding_valid"]),
+        gxe.ExpectTableColumnsToMatchSet(column_set=COLUMNS),
         gxe.ExpectColumnValuesToNotBeNull(column="doc_id"),
         gxe.ExpectColumnValuesToBeUnique(column="doc_id"),
         gxe.ExpectColumnValuesToBeInSet(column="file_type", value_set=list(SUPPORTED_TYPES)),
         gxe.ExpectColumnValuesToBeInSet(column="encoding_valid", value_set=[True]),
-        gxe.ExpectColumnValueLengthsToBeBetween(
-            column="text", min_value=limits.min_text_chars, max_value=limits.max_text_chars
+        gxe.ExpectColumnValuesToBeBetween(
+            column="text_length", min_value=limits.min_text_chars, max_value=limits.max_text_chars
         ),
-        *(
-            [gxe.ExpectColumnValuesToNotMatchRegexList(column="text", regex_list=list(limits.pii_patterns))]
-            if limits.pii_patterns
-            else []
-        ),
+        gxe.ExpectColumnValuesToBeBetween(column="pii_matches", min_value=0, max_value=0),
+        gxe.ExpectColumnValuesToBeInSet(column="acl_problem", value_set=[""]),
+        gxe.ExpectColumnValuesToMatchRegex(column="acl", regex=acl_list_regex(limits.acl_group_pattern)),
     ):
         suite.add_expectation(expectation)
     return suite
@@ -125,13 +159,16 @@ REASONS = {
     "expect_column_values_to_be_unique": "duplicate id",
     "expect_column_values_to_be_in_set:file_type": "unexpected file type",
     "expect_column_values_to_be_in_set:encoding_valid": "text is not valid UTF-8",
-    "expect_column_value_lengths_to_be_between": "text empty, too short or too long",
-    "expect_column_values_to_not_match_regex_list": "contains PII or a secret",
+    "expect_column_values_to_be_between:text_length": "text empty, too short or too long",
+    "expect_column_values_to_be_between:pii_matches": "contains PII or a secret",
+    "expect_column_values_to_match_regex:acl": "ACL group name does not match ACL_GROUP_PATTERN",
     "expect_column_values_to_not_be_null": "missing id",
 }
 
 
-def _reason(kind: str, column: str | None) -> str:
+def _reason(kind: str, column: str | None, document: Document) -> str:
+    if column == "acl_problem":
+        return f"ACL: {document.acl_problem}"
     return REASONS.get(f"{kind}:{column}") or REASONS.get(kind) or kind
 
 
@@ -158,7 +195,7 @@ def run_expectations(documents: Sequence[Document], limits: ValidationLimits, do
             result_format={"result_format": "COMPLETE"},
         )
     )
-    result = checkpoint.run(batch_parameters={"dataframe": _frame(documents)})
+    result = checkpoint.run(batch_parameters={"dataframe": _frame(documents, limits)})
     return next(iter(result.run_results.values())), root / "gx" / "uncommitted" / "data_docs" / "local_site"
 
 
@@ -169,7 +206,7 @@ def validate_documents(
     docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Run the gate. Never raises for bad documents; `enforce` decides about the batch."""
-    quarantine = [QuarantineRecord(p.path, "readable", p.reason) for p in problems]
+    quarantine = [QuarantineRecord(p.path, "readable", p.reason, None) for p in problems]
     results: list[dict[str, Any]] = []
     bad_rows: set[int] = set()
     data_docs: Path | None = None
@@ -183,7 +220,9 @@ def validate_documents(
             for row in rows:
                 index = int(row) if not isinstance(row, dict) else int(next(iter(row.values())))
                 bad_rows.add(index)
-                quarantine.append(QuarantineRecord(documents[index].id, config.type, _reason(config.type, column)))
+                document = documents[index]
+                reason = _reason(config.type, column, document)
+                quarantine.append(QuarantineRecord(document.id, config.type, reason, document.acl))
     valid = [d.id for i, d in enumerate(documents) if i not in bad_rows]
     report = ValidationReport(len(documents) + len(problems), valid, quarantine, results, str(data_docs or ""))
     if not valid:
