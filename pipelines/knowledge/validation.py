@@ -23,6 +23,7 @@ from typing import Any
 
 from pipelines.failures import ValidationFailed
 from pipelines.knowledge.documents import DEFAULT_ACL_GROUP_PATTERN, PUBLIC, SUPPORTED_TYPES, Document, LoadProblem
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,12 @@ COLUMNS = ["doc_id", "file_type", "encoding_valid", "text_length", "pii_matches"
 
 def _pii_matches(text: str, patterns: Sequence[re.Pattern[str]]) -> int:
     return sum(1 for pattern in patterns if pattern.search(text))
+
+
+def validation_limits(settings: Settings) -> ValidationLimits:
+    """Document thresholds from the project settings (the same ACL pattern the loader checks)."""
+    return ValidationLimits(settings.min_text_chars, settings.max_text_chars, settings.max_invalid_share,
+                            tuple(settings.pii_patterns), settings.acl_group_pattern)  # fmt: skip
 
 
 def _frame(documents: Sequence[Document], limits: ValidationLimits) -> Any:
