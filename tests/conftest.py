@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +57,52 @@ os.environ.update(
 
 from pipelines import stack as stack_module  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
+
+# Tiers. Tests in these folders, or that use the real stack, need services or trained models: they get the
+# `integration` marker, which `make check` deselects (`-m "not integration"`) and `.ci/run` runs second.
+INTEGRATION_DIRS = {"integration", "reliability", "model"}
+SERVICE_FIXTURES = {"stack", "kb"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: needs real services or trains models (set by tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests that need real services or models as `integration`, by folder or by fixture."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        folder = item.path.relative_to(tests_dir).parts[0] if item.path.is_relative_to(tests_dir) else ""
+        if folder in INTEGRATION_DIRS or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """CI must run every test: a skip there hides a missing tool (make test-deps), so it fails the run."""
+    in_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+    if in_ci and report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run (install with make test-deps): {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _fail_skip_in_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _fail_skip_in_ci(report)
+    return report
 
 
 @pytest.fixture(scope="session")

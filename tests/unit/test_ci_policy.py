@@ -1,0 +1,68 @@
+"""The test tiers and the CI rule in tests/conftest.py, checked on a throwaway suite run by pytest itself.
+
+`make check` deselects `integration` tests; under CI=true a skip fails the run (a skipped test there means
+a tool `make test-deps` should have installed is missing).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+SUITE = {
+    "unit/test_fast.py": """
+        import pytest
+        def test_passes(): pass
+        def test_skips(): pytest.skip("no such tool here")
+        @pytest.mark.xfail(reason="known gap", strict=True)
+        def test_known_gap(): assert False
+        def test_needs_the_stack(stack): raise AssertionError("make check must not start the stack")
+    """,
+    "unit/test_skipped_module.py": """
+        import pytest
+        pytest.skip("module-level skip", allow_module_level=True)
+    """,
+    "integration/test_services.py": "def test_talks_to_weaviate(): raise AssertionError('not in make check')",
+    "model/test_model.py": "def test_trains(): raise AssertionError('not in make check')",
+    "reliability/test_faults.py": "def test_survives_a_crash(): raise AssertionError('not in make check')",
+}
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A tests/ folder with the project's conftest and one file per tier."""
+    pytester.makeconftest(CONFTEST.read_text())
+    for name, body in SUITE.items():
+        (pytester.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (pytester.path / name).write_text(textwrap.dedent(body))
+    return pytester
+
+
+def test_fast_tier_deselects_service_folders_and_tests_that_use_the_stack(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    result = suite.runpytest("-m", "not integration", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=2, xfailed=1, deselected=4)
+    selected = suite.runpytest("-m", "integration", "--collect-only", "-q", "-p", "no:cacheprovider")
+    collected = {line.split("::")[-1] for line in selected.outlines if "::" in line}
+    assert collected == {"test_needs_the_stack", "test_talks_to_weaviate", "test_trains", "test_survives_a_crash"}
+
+
+def test_a_skip_fails_the_run_under_ci_but_an_expected_failure_does_not(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    result = suite.runpytest("-m", "not integration", "-p", "no:cacheprovider", "unit/test_fast.py")
+    result.assert_outcomes(passed=1, failed=1, xfailed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*skipped under CI=true*no such tool here*"])
+
+
+def test_a_skipped_module_stops_collection_under_ci(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    result = suite.runpytest("-p", "no:cacheprovider", "unit/test_skipped_module.py")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*skipped under CI=true*module-level skip*"])
