@@ -28,7 +28,7 @@ from pipelines.knowledge import index as idx
 from pipelines.knowledge.chunking import chunk_document
 from pipelines.knowledge.documents import Document, load_documents
 from pipelines.knowledge.embedding import Embedder
-from pipelines.knowledge.reindex import chunker_config, index_step, stage_documents
+from pipelines.knowledge.reindex import chunker_config, commit_index, index_step, stage_documents
 from pipelines.knowledge.retrieval import Retriever
 from pipelines.settings import Settings, get_settings
 from pipelines.tracking import tracked_run
@@ -50,9 +50,11 @@ def run_index(settings: Settings, documents: list[Document], embedder: Embedder,
         run_id = run.info.run_id
     run_dir = settings.state_dir / "runs" / run_id
     stage_documents(run_dir / "documents.jsonl", documents)
-    (run_dir / "quarantined.json").write_text("[]")
+    (run_dir / "quarantined.json").write_text("{}")
     started = time.perf_counter()
-    result = index_step(settings, run_id, full_rebuild=full, embedder=embedder)
+    # Index and commit (readers switch to the new generation); the retrieval gate is not timed here.
+    result = index_step(settings, run_id, full_rebuild=full, embedder=embedder, allow_mass_change=True)
+    commit_index(settings, run_id, result)
     elapsed = time.perf_counter() - started
     print(f"  index step ({'full' if full else 'incremental'}): {elapsed:.2f}s {result.timings_s}")
     return elapsed, {"embedded": result.chunks_embedded, **result.counts}

@@ -7,10 +7,14 @@ landed, or someone posted an asset event).
 1. **validate** — load every document, run the Great Expectations gate; invalid documents go
    to the quarantine report, a batch over the hard limits stops here (the index is untouched).
 2. **version** — `dvc add` + `dvc push` of the validated snapshot; hash and git revision tagged on the MLflow run.
-3. **index** — incremental by default: only new or changed chunks are embedded, vanished ones deleted,
-   new writes land before old deletes. `full_rebuild` builds a new collection instead.
-4. **evaluate** — nDCG@10 / Recall@10 / MRR on the golden set for hybrid, vector and BM25; the gate compares
-   with the last accepted run. A full rebuild re-points the `Documents` alias only when the gate passes.
+3. **index** — reconciles the live collection with its manifest, then stages the update as a new generation
+   readers do not see: only new or changed chunks are embedded, obsolete ones marked retired. A run that would
+   delete or rewrite more than `MAX_CHANGE_SHARE` of the live documents stops here unless `allow_mass_change`
+   is ticked. `full_rebuild` builds a new collection instead.
+4. **evaluate** — nDCG@10 / Recall@10 / MRR on the golden set for hybrid, vector and BM25, measured on the staged
+   generation; the gate compares with the last accepted run and the pinned reference run. Accepted: readers switch
+   to the new generation (or the alias to the new collection) in one step. Rejected: the staged generation is
+   deleted and readers never saw it.
 
 Every task logs its MLflow run (experiment `reindex_documents`); roll back with `pipelines rollback-index`.
 """
@@ -53,6 +57,13 @@ WRITER_POOL = "weaviate_writer"
             title="Full rebuild",
             description="Build a new versioned collection and swap the alias if the quality gate passes.",
         ),
+        "allow_mass_change": Param(
+            False,
+            type="boolean",
+            title="Allow mass change",
+            description="Let this run delete or rewrite more than MAX_CHANGE_SHARE of the live documents "
+            "(recorded on the MLflow run). Leave unticked unless the drop is meant to replace the corpus.",
+        ),
     },
 )
 def reindex_documents() -> None:
@@ -79,19 +90,23 @@ def reindex_documents() -> None:
         from dataclasses import asdict
 
         from pipelines.knowledge.reindex import index_step
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
-        full = bool(get_current_context()["params"]["full_rebuild"])
-        return asdict(index_step(get_settings(), mlflow_run_id, full_rebuild=full))
+        params = get_current_context()["params"]
+        with fail_fast():
+            result = index_step(get_settings(), mlflow_run_id, bool(params["full_rebuild"]),
+                                allow_mass_change=bool(params.get("allow_mass_change", False)))  # fmt: skip
+        return asdict(result)
 
     @task(pool=WRITER_POOL, retries=0)
     def evaluate(mlflow_run_id: str, result: dict) -> dict:
-        from pipelines.knowledge.reindex import evaluate_step
+        from pipelines.knowledge.reindex import IndexResult, evaluate_step
         from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
         with fail_fast():
-            report = evaluate_step(get_settings(), mlflow_run_id, result["collection"], result["mode"])
+            report = evaluate_step(get_settings(), mlflow_run_id, IndexResult(**result))
         return {"accepted": report.accepted, "alias_target": report.alias_target, "metrics": report.metrics}
 
     mlflow_run_id = validate()

@@ -47,9 +47,16 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _reindex(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.knowledge.reindex import run_reindex
 
-    report = run_reindex(settings, full_rebuild=args.full_rebuild)
+    report = run_reindex(settings, full_rebuild=args.full_rebuild, allow_mass_change=args.allow_mass_change)
     print(json.dumps(report.summary(), indent=2))
     return 0 if report.accepted else 1
+
+
+def _pin_reference(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.knowledge.reindex import pin_reference
+
+    print(f"retrieval gate reference run: {pin_reference(settings, args.run)}")
+    return 0
 
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,9 +92,16 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     import getpass
 
     from pipelines.behaviour.registry import promote
+    from pipelines.failures import PromotionRejected
 
-    move = promote(settings, str(args.version), f"{getpass.getuser()} via CLI", args.reason, alias=args.alias)
-    print(f"{settings.registered_model}@{move.alias}: {move.previous} -> {move.version}")
+    actor = f"{getpass.getuser()} via CLI"
+    try:
+        move = promote(settings, str(args.version), actor, args.reason, alias=args.alias, override=args.override)
+    except PromotionRejected as err:
+        print(f"pipelines promote: {err}", file=sys.stderr)
+        return 1
+    print(f"{settings.registered_model}@{move.alias}: {move.previous} -> {move.version}"
+          f"{' (gate overridden: ' + move.reason + ')' if move.override else ''}")  # fmt: skip
     return 0
 
 
@@ -103,9 +117,14 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 def _ask(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.behaviour.answering import ask
+    from pipelines.failures import IntegrityError
 
     groups = args.groups.split(",") if args.groups else []
-    answer = ask(settings, args.question, k=args.k, user_groups=groups)
+    try:
+        answer = ask(settings, args.question, k=args.k, user_groups=groups)
+    except IntegrityError as err:  # a tampered or corrupt adapter: refuse to answer with it
+        print(f"pipelines ask: {err}", file=sys.stderr)
+        return 1
     print(answer.text)
     for c in answer.citations:
         print(f"  [{c.label}] {c.title[:70]}  ({c.doc_id}, chunk {c.chunk_id})  {c.source_url}")
@@ -173,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reindex", help="validate, version and incrementally re-index the documents")
     p.add_argument("--full-rebuild", action="store_true", help="build a new collection and swap the alias")
+    p.add_argument("--allow-mass-change", action="store_true",
+                   help="let this run delete or rewrite more than MAX_CHANGE_SHARE of the live documents")  # fmt: skip
     COMMANDS["reindex"] = _reindex
+
+    p = sub.add_parser("pin-reference", help="pin the run the retrieval gate must never fall below")
+    p.add_argument("--run", default=None, help="an accepted reindex run id (default: the last accepted run)")
+    COMMANDS["pin-reference"] = _pin_reference
 
     p = sub.add_parser("search", help="query the live index (hybrid BM25 + vector)")
     p.add_argument("query")
@@ -197,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="point a registered model alias (default champion) at a version")
     p.add_argument("--version", type=int, required=True)
     p.add_argument("--alias", default="champion")
-    p.add_argument("--reason", default="manual promotion")
+    p.add_argument("--reason", default="manual promotion", help="why; recorded on the version (needed with --override)")
+    p.add_argument("--override", action="store_true",
+                   help="promote to champion although the version's gate did not pass (needs --reason)")  # fmt: skip
     COMMANDS["promote"] = _promote
 
     p = sub.add_parser("rollback", help="point champion back at its previous version")

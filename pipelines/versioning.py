@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -10,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from pipelines.tracking import git_revision
+
+log = logging.getLogger(__name__)
 
 
 class VersioningError(RuntimeError):
@@ -26,10 +30,47 @@ class DataVersion:
 
 
 def _dvc(repo_dir: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_dir, capture_output=True, text=True)
+    # Self-hosted: DVC would otherwise phone home with usage analytics on every command.
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_dir, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise VersioningError(f"`dvc {' '.join(args)}` failed in {repo_dir}:\n{result.stderr.strip()}")
     return result.stdout
+
+
+def clear_stale_locks(repo_dir: Path) -> list[str]:
+    """Remove what a killed DVC process left in `.dvc/tmp` so the next `dvc add` is not blocked.
+
+    DVC's `rwlock` lists the PIDs holding each path; an entry of a process that no longer runs,
+    or a file torn mid-write, blocks every later command. The single-writer pool guarantees no
+    live DVC process of ours is affected. Returns what was removed, for the log.
+    """
+    import json
+
+    import psutil
+
+    removed: list[str] = []
+    rwlock = repo_dir / ".dvc" / "tmp" / "rwlock"
+    if not rwlock.exists():
+        return removed
+    try:
+        locks = json.loads(rwlock.read_text() or "{}")
+        for mode in ("read", "write"):
+            for path, holders in list(locks.get(mode, {}).items()):
+                entries = holders if isinstance(holders, list) else [holders]
+                alive = [h for h in entries if psutil.pid_exists(int(h["pid"]))]
+                if len(alive) != len(entries):
+                    removed.append(f"{mode} lock on {path}")
+                if not alive:
+                    del locks[mode][path]
+                else:
+                    locks[mode][path] = alive if isinstance(holders, list) else alive[0]
+        if removed:
+            rwlock.write_text(json.dumps(locks))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        rwlock.unlink()
+        removed.append("torn rwlock file")
+    return removed
 
 
 def tracked_hash(tracking_file: Path) -> str:
@@ -44,10 +85,23 @@ def snapshot(data_dir: Path, push: bool = True, remote: str | None = None) -> Da
     The DVC project is the folder's parent; an unchanged folder keeps its hash.
     """
     repo_dir = data_dir.parent
+    stale = clear_stale_locks(repo_dir)
+    if stale:
+        log.warning("removed stale DVC locks of dead processes: %s", ", ".join(stale))
     _dvc(repo_dir, "add", "--quiet", data_dir.name)
     if push:
         _dvc(repo_dir, "push", "--quiet", *(["--remote", remote] if remote else []))
     tracking_file = repo_dir / f"{data_dir.name}.dvc"
+    return DataVersion(tracked_hash(tracking_file), git_revision(repo_dir), str(tracking_file))
+
+
+def snapshot_copy(source: Path, repo_dir: Path, out: str, remote: str | None = None) -> DataVersion:
+    """Version a folder outside the DVC project as output `out` (`<out>.dvc`), uploading straight to the remote.
+
+    For data staged elsewhere (the behaviour layer's validated snapshot): the live data folder is untouched.
+    """
+    _dvc(repo_dir, "add", "--quiet", "--to-remote", *(["--remote", remote] if remote else []), "-o", out, str(source))
+    tracking_file = repo_dir / f"{out}.dvc"
     return DataVersion(tracked_hash(tracking_file), git_revision(repo_dir), str(tracking_file))
 
 

@@ -37,6 +37,6 @@ if [ "$with_weaviate" = 1 ]; then bash scripts/build_weaviate.sh; fi
 
 if [ ! -d data/documents ]; then
   echo "setup: pulling the tracked sample data with DVC"
-  .venv/bin/dvc pull --quiet || .venv/bin/dvc pull --quiet --remote sample
+  DVC_NO_ANALYTICS=1 .venv/bin/dvc pull --quiet || DVC_NO_ANALYTICS=1 .venv/bin/dvc pull --quiet --remote sample
 fi
 echo "setup: done"

@@ -41,6 +41,7 @@ os.environ.update(
     TRANSFORMERS_OFFLINE="1",
     TOKENIZERS_PARALLELISM="false",
     GIT_PYTHON_REFRESH="quiet",
+    DVC_NO_ANALYTICS="1",  # no outside calls, and no analytics daemon per `dvc` command
 )
 
 # dag.test() runs tasks in this process against a metadata DB of its own, so the

@@ -3,13 +3,22 @@
 Readers always query the alias (`Documents` by default). A full rebuild writes a
 new collection `<alias>_<timestamp>` and re-points the alias only after its
 quality gate passes; earlier collections stay for rollback.
+
+Incremental runs never change what readers see before their gate accepts them.
+Every chunk carries `gen_from` (the generation that wrote it) and `gen_to` (the
+generation that retired it, 0 while current); the collection's description holds
+the live generation G. Readers see `gen_from <= G and (gen_to == 0 or gen_to > G)`.
+A run writes its new chunks as G+1 and marks obsolete ones `gen_to = G+1`: both are
+invisible to readers until the commit raises G to G+1 in one schema update, after
+which retired chunks are deleted. A rejected or crashed run is undone by deleting
+`gen_from > G` and resetting `gen_to > G` (see `pipelines.knowledge.reindex`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +31,10 @@ from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 WRITE_PAGE = 500
+# States a versioned collection's description records. Only `accepted` collections are ever
+# rollback targets; a `building` one that is not the alias target is a leftover of a killed
+# or rejected rebuild and is dropped by the next run.
+BUILDING, ACCEPTED = "building", "accepted"
 
 
 class IndexingError(RuntimeError):
@@ -69,7 +82,7 @@ def new_collection_name(alias: str) -> str:
     return f"{alias}_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
 
 
-def create_collection(client: Any, name: str, description: Mapping[str, str]) -> Any:
+def create_collection(client: Any, name: str, description: Mapping[str, Any]) -> Any:
     """A collection for chunks with our own vectors (no vectorizer module)."""
     from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 
@@ -91,25 +104,73 @@ def create_collection(client: Any, name: str, description: Mapping[str, str]) ->
                      index_searchable=False),
             Property(name="source_url", data_type=DataType.TEXT, tokenization=Tokenization.FIELD,
                      index_searchable=False),
+            Property(name="gen_from", data_type=DataType.INT, index_range_filters=True),
+            Property(name="gen_to", data_type=DataType.INT, index_range_filters=True),
         ],
     )  # fmt: skip
 
 
-def describe(client: Any, collection: str) -> dict[str, str]:
-    """The data version stored with a collection (DVC hash, git revision, run id)."""
-    description = client.collections.use(collection).config.get().description or "{}"
+def describe(client: Any, collection: str) -> dict[str, Any]:
+    """What a collection's description records: data version (DVC hash, git revision, run id), state, generation."""
+    return _parse_description(collection, client.collections.use(collection).config.get().description)
+
+
+def _parse_description(collection: str, description: str | None) -> dict[str, Any]:
     try:
-        return dict(json.loads(description))
-    except json.JSONDecodeError:
-        return {}
+        return dict(json.loads(description or "{}"))
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        # The description holds the live generation: guessing would show readers uncommitted chunks.
+        raise IndexingError(f"description of {collection} is not the JSON this project writes: {err}") from err
 
 
-def set_description(client: Any, collection: str, description: Mapping[str, str]) -> None:
+def set_description(client: Any, collection: str, description: Mapping[str, Any]) -> None:
     client.collections.use(collection).config.update(description=json.dumps(dict(description)))
 
 
-def upsert_chunks(client: Any, collection: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
-    """Write chunks with their vectors through the batch API; any failed object raises."""
+def update_description(client: Any, collection: str, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into the collection's description (data version, state, live generation)."""
+    merged = {**describe(client, collection), **fields}
+    set_description(client, collection, merged)
+    return merged
+
+
+def live_generation(client: Any, collection: str) -> int | None:
+    """The generation readers of `collection` (or the alias) see; None for a collection without generations.
+
+    A service error raises: a reader that cannot tell what is live must not guess.
+    """
+    target = alias_target(client, collection) or collection
+    config = client.collections.use(target).config.get()
+    value = _parse_description(target, config.description).get("generation")
+    if value is None:
+        if any(prop.name == "gen_from" for prop in config.properties):
+            raise IndexingError(f"{target} has generations but its description names no live one")
+        return None  # a collection built before generations existed: every object is live
+    return int(value)
+
+
+def visible_filter(generation: int | None) -> Any:
+    """Chunks live at `generation`: written at or before it, and not retired at or before it."""
+    if generation is None:
+        return None
+    from weaviate.classes.query import Filter
+
+    gen_to = Filter.by_property("gen_to")
+    return Filter.by_property("gen_from").less_or_equal(generation) & (
+        gen_to.equal(0) | gen_to.greater_than(generation)
+    )
+
+
+def upsert_chunks(
+    client: Any,
+    collection: str,
+    chunks: Sequence[Chunk],
+    vectors: np.ndarray,
+    generation: int = 0,
+    page_size: int = WRITE_PAGE,
+    after_page: Callable[[int], None] | None = None,
+) -> int:
+    """Write chunks with their vectors as `generation` through the batch API; any failed object raises."""
     if not chunks:
         return 0
     from weaviate.classes.data import DataObject
@@ -118,11 +179,11 @@ def upsert_chunks(client: Any, collection: str, chunks: Sequence[Chunk], vectors
     # insert_many is one batch request per page (upsert by UUID) with a per-object error
     # list; unlike the background batcher it has no start-up/flush cost, which
     # dominates the small writes of a daily incremental run.
-    for start in range(0, len(chunks), WRITE_PAGE):
-        page = range(start, min(start + WRITE_PAGE, len(chunks)))
+    for start in range(0, len(chunks), page_size):
+        page = range(start, min(start + page_size, len(chunks)))
         result = target.data.insert_many(
-            [DataObject(properties=_properties(chunks[i]), uuid=chunks[i].uuid, vector=vectors[i].tolist())
-             for i in page]
+            [DataObject(properties=_properties(chunks[i], generation), uuid=chunks[i].uuid,
+                        vector=vectors[i].tolist()) for i in page]
         )  # fmt: skip
         if result.errors:
             index, error = next(iter(result.errors.items()))
@@ -130,10 +191,12 @@ def upsert_chunks(client: Any, collection: str, chunks: Sequence[Chunk], vectors
                 f"{len(result.errors)} of {len(page)} objects failed to write to {collection}; "
                 f"first: {chunks[start + index].uuid}: {error.message}"
             )
+        if after_page:
+            after_page(start + len(page))
     return len(chunks)
 
 
-def _properties(chunk: Chunk) -> dict[str, Any]:
+def _properties(chunk: Chunk, generation: int) -> dict[str, Any]:
     return {
         "doc_id": chunk.doc_id,
         "title": chunk.title,
@@ -143,6 +206,8 @@ def _properties(chunk: Chunk) -> dict[str, Any]:
         "content_hash": chunk.content_hash,
         "acl": list(chunk.acl),
         "source_url": chunk.source_url,
+        "gen_from": generation,
+        "gen_to": 0,
     }
 
 
@@ -153,7 +218,64 @@ def update_positions(client: Any, collection: str, positions: Mapping[str, int])
         target.data.update(uuid=object_id, properties={"position": position})
 
 
-def delete_objects(client: Any, collection: str, object_ids: Sequence[str], page_size: int = 500) -> int:
+def retire_objects(
+    client: Any,
+    collection: str,
+    object_ids: Sequence[str],
+    generation: int,
+    after_page: Callable[[int], None] | None = None,
+    page_size: int = WRITE_PAGE,
+) -> None:
+    """Mark chunks as retired by `generation` (0 un-retires them); readers of older generations still see them."""
+    target = client.collections.use(collection)
+    for n, object_id in enumerate(object_ids, start=1):
+        target.data.update(uuid=object_id, properties={"gen_to": generation})
+        if after_page and n % page_size == 0:
+            after_page(n)
+
+
+def delete_where(client: Any, collection: str, where: Any) -> int:
+    """Delete every object matching `where`, page after page until none is left."""
+    target = client.collections.use(collection)
+    deleted = 0
+    while True:  # each call deletes at most QUERY_MAXIMUM_RESULTS objects
+        result = target.data.delete_many(where=where)
+        if result.failed:
+            raise IndexingError(f"{result.failed} deletions failed in {collection}")
+        deleted += result.successful
+        if not result.matches:
+            return deleted
+
+
+def reset_retirements(client: Any, collection: str, above: int, page_size: int = 500) -> int:
+    """Un-retire chunks whose retirement (`gen_to > above`) was never committed."""
+    from weaviate.classes.query import Filter
+
+    target = client.collections.use(collection)
+    reset = 0
+    while True:  # reset objects drop out of the filter, so the first page is always the next one
+        page = target.query.fetch_objects(filters=Filter.by_property("gen_to").greater_than(above),
+                                          limit=page_size, return_properties=[])  # fmt: skip
+        if not page.objects:
+            return reset
+        for obj in page.objects:
+            target.data.update(uuid=obj.uuid, properties={"gen_to": 0})
+        reset += len(page.objects)
+
+
+def all_ids(client: Any, collection: str) -> list[str]:
+    """Every object id in the collection, paginated with the cursor API (no properties, no vectors)."""
+    target = client.collections.use(collection)
+    return [str(o.uuid) for o in target.iterator(return_properties=[], cache_size=1000)]
+
+
+def delete_objects(
+    client: Any,
+    collection: str,
+    object_ids: Sequence[str],
+    page_size: int = 500,
+    after_page: Callable[[int], None] | None = None,
+) -> int:
     """Delete by id, one page at a time, and check that every page really went."""
     from weaviate.classes.query import Filter
 
@@ -166,6 +288,8 @@ def delete_objects(client: Any, collection: str, object_ids: Sequence[str], page
         if result.failed:
             raise IndexingError(f"{result.failed} deletions failed in {collection}")
         deleted += result.successful
+        if after_page:
+            after_page(start + len(page))
     return deleted
 
 
@@ -196,17 +320,30 @@ def versions(client: Any, alias: str) -> list[str]:
     return sorted(name for name in client.collections.list_all(simple=True) if name.startswith(prefix))
 
 
-def rollback_alias(client: Any, alias: str, collection: str | None = None) -> str:
-    """Re-point the alias to `collection`, or to the version before the current one."""
+def accepted_versions(client: Any, alias: str) -> list[str]:
+    """Versions whose gate accepted them, oldest first: the only ones an alias may point to."""
+    return [name for name in versions(client, alias) if describe(client, name).get("state") == ACCEPTED]
+
+
+def unfinished_versions(client: Any, alias: str) -> list[str]:
+    """Versions left `building` by a killed or failed rebuild (never the alias target)."""
     current = alias_target(client, alias)
-    available = versions(client, alias)
+    return [
+        name for name in versions(client, alias) if name != current and describe(client, name).get("state") != ACCEPTED
+    ]
+
+
+def rollback_alias(client: Any, alias: str, collection: str | None = None) -> str:
+    """Re-point the alias to `collection`, or to the accepted version before the current one."""
+    current = alias_target(client, alias)
+    available = accepted_versions(client, alias)
     if collection is None:
         older = [name for name in available if current is None or name < current]
         if not older:
             raise IndexingError(f"no collection older than {current} to roll back to")
         collection = older[-1]
     if collection not in available:
-        raise IndexingError(f"{collection} is not a version of {alias}; have {available}")
+        raise IndexingError(f"{collection} is not an accepted version of {alias}; have {available}")
     point_alias(client, alias, collection)
     return collection
 

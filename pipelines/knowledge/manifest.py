@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipelines.knowledge.chunking import Chunk, ChunkerConfig, chunk_document
-from pipelines.knowledge.documents import Document
+from pipelines.knowledge.documents import PUBLIC, Document
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,12 @@ class ChunkEntry:
 class DocumentEntry:
     content_hash: str
     chunks: tuple[ChunkEntry, ...]
+    source: str = ""  # the file the document came from
+    acl: tuple[str, ...] | None = None  # None: written before ACLs were recorded (treated as unknown)
+
+
+class ManifestCorrupt(RuntimeError):
+    """A manifest file exists but cannot be read: the collection's contents are unknown."""
 
 
 @dataclass
@@ -41,6 +47,10 @@ class IndexManifest:
     chunker: dict[str, Any]
     documents: dict[str, DocumentEntry] = field(default_factory=dict)
     data_version: dict[str, str] = field(default_factory=dict)
+    # The generation readers see once this manifest is committed (see pipelines.knowledge.index).
+    generation: int = 0
+    # Position updates committed but maybe not yet applied (a crash between commit and apply).
+    pending_moves: dict[str, int] = field(default_factory=dict)
 
     def compatible_with(self, embedding_model: str, chunker: ChunkerConfig) -> bool:
         """Vectors and boundaries can be reused only under the same model and chunker."""
@@ -54,24 +64,48 @@ class IndexManifest:
     def path_for(directory: Path, collection: str) -> Path:
         return directory / f"{collection}.json"
 
+    @property
+    def chunk_ids(self) -> set[str]:
+        return {c.uuid for entry in self.documents.values() for c in entry.chunks}
+
     @classmethod
     def load(cls, directory: Path, collection: str) -> IndexManifest | None:
-        path = cls.path_for(directory, collection)
+        """The manifest of `collection`, None if it has none; raises `ManifestCorrupt` if it cannot be read."""
+        return cls.read(cls.path_for(directory, collection))
+
+    @classmethod
+    def read(cls, path: Path) -> IndexManifest | None:
         if not path.exists():
             return None
-        raw = json.loads(path.read_text())
-        documents = {
-            doc_id: DocumentEntry(entry["content_hash"], tuple(ChunkEntry(**c) for c in entry["chunks"]))
-            for doc_id, entry in raw["documents"].items()
-        }
-        return cls(raw["collection"], raw["embedding_model"], raw["chunker"], documents, raw.get("data_version", {}))
+        try:
+            raw = json.loads(path.read_text())
+            documents = {
+                doc_id: DocumentEntry(
+                    entry["content_hash"],
+                    tuple(ChunkEntry(**c) for c in entry["chunks"]),
+                    str(entry.get("source", "")),
+                    tuple(entry["acl"]) if entry.get("acl") is not None else None,
+                )
+                for doc_id, entry in raw["documents"].items()
+            }
+            return cls(
+                raw["collection"], raw["embedding_model"], raw["chunker"], documents, raw.get("data_version", {}),
+                int(raw.get("generation", 0)), {k: int(v) for k, v in raw.get("pending_moves", {}).items()},
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ManifestCorrupt(f"{path}: {type(err).__name__}: {err}") from err
 
     def save(self, directory: Path) -> Path:
         """Write atomically: a crash mid-write never leaves a half manifest."""
-        directory.mkdir(parents=True, exist_ok=True)
-        path = self.path_for(directory, self.collection)
+        return self.write(self.path_for(directory, self.collection))
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), ensure_ascii=False))
+        with tmp.open("w") as out:
+            out.write(json.dumps(asdict(self), ensure_ascii=False))
+            out.flush()
+            os.fsync(out.fileno())  # the manifest is the commit point: it must be on disk before we act on it
         os.replace(tmp, path)
         return path
 
@@ -87,8 +121,9 @@ class IndexPlan:
     changed_docs: list[str]
     unchanged_docs: list[str]
     deleted_docs: list[str]
-    kept_docs: list[str]  # quarantined today but indexed before: keep the old version
+    kept_docs: list[str]  # quarantined or unreadable today but indexed before: keep the old version
     manifest: IndexManifest  # what the collection holds once the plan is applied
+    withdrawn_docs: list[str] = field(default_factory=list)  # quarantined, and the old ACL may be too loose
 
     def counts(self) -> dict[str, int]:
         return {
@@ -97,19 +132,44 @@ class IndexPlan:
             "docs_unchanged": len(self.unchanged_docs),
             "docs_deleted": len(self.deleted_docs),
             "docs_kept_quarantined": len(self.kept_docs),
+            "docs_withdrawn_acl": len(self.withdrawn_docs),
             "chunks_to_write": len(self.to_write),
             "chunks_moved": len(self.to_move),
             "chunks_to_delete": len(self.to_delete),
         }
 
 
+def readers(acl: Sequence[str]) -> set[str] | None:
+    """Who may read under `acl`: a set of groups, or None for everyone."""
+    return None if PUBLIC in acl else set(acl)
+
+
+def no_looser(old: Sequence[str] | None, new: Sequence[str] | None) -> bool:
+    """True when everyone who may read under `old` may also read under `new` (unknown is never safe)."""
+    if old is None or new is None:
+        return False
+    old_readers, new_readers = readers(old), readers(new)
+    if new_readers is None:
+        return True
+    return old_readers is not None and old_readers <= new_readers
+
+
 def plan_update(
     documents: Sequence[Document],
     previous: IndexManifest,
     chunker: ChunkerConfig,
-    quarantined: Sequence[str] = (),
+    quarantined: Mapping[str, Sequence[str] | None] | Sequence[str] = (),
+    unreadable_sources: Collection[str] = (),
 ) -> IndexPlan:
-    """Compare today's valid documents with what the collection holds."""
+    """Compare today's valid documents with what the collection holds.
+
+    `quarantined` maps each document that failed validation today to the ACL its new version
+    declares (None when that is unknown). Its previous version stays indexed only if that ACL
+    lets no one read it who the new ACL would not: tightening an ACL takes effect even when the
+    new version is quarantined. Documents of a source file that could not be read today are
+    kept as they were: an unreadable file is not a deleted one.
+    """
+    declared = dict(quarantined) if isinstance(quarantined, Mapping) else dict.fromkeys(quarantined, None)
     manifest = IndexManifest(previous.collection, previous.embedding_model, chunker.signature())
     to_write: list[Chunk] = []
     to_move: dict[str, int] = {}
@@ -121,7 +181,7 @@ def plan_update(
         old = previous.documents.get(document.id)
         if old is not None and old.content_hash == document.content_hash:
             unchanged.append(document.id)
-            manifest.documents[document.id] = old
+            manifest.documents[document.id] = replace(old, source=document.source, acl=tuple(document.acl))
             kept_ids.update(c.uuid for c in old.chunks)
             continue
         (changed if old is not None else new).append(document.id)
@@ -134,13 +194,31 @@ def plan_update(
                 to_move[chunk.uuid] = chunk.position
         kept_ids.update(c.uuid for c in chunks)
         manifest.documents[document.id] = DocumentEntry(
-            document.content_hash, tuple(ChunkEntry(c.uuid, c.content_hash, c.position) for c in chunks)
+            document.content_hash,
+            tuple(ChunkEntry(c.uuid, c.content_hash, c.position) for c in chunks),
+            document.source,
+            tuple(document.acl),
         )
     present = {d.id for d in documents}
-    kept = [doc_id for doc_id in quarantined if doc_id in previous.documents and doc_id not in present]
+    kept: list[str] = []
+    withdrawn: list[str] = []
+    for doc_id, entry in previous.documents.items():
+        if doc_id in present:
+            continue
+        if doc_id in declared:
+            (kept if no_looser(entry.acl, declared[doc_id]) else withdrawn).append(doc_id)
+        elif entry.source and entry.source in unreadable_sources:
+            kept.append(doc_id)
     for doc_id in kept:
         manifest.documents[doc_id] = previous.documents[doc_id]
         kept_ids.update(c.uuid for c in previous.documents[doc_id].chunks)
     deleted = [doc_id for doc_id in previous.documents if doc_id not in present and doc_id not in kept]
     to_delete = [c.uuid for entry in previous.documents.values() for c in entry.chunks if c.uuid not in kept_ids]
-    return IndexPlan(to_write, to_move, to_delete, new, changed, unchanged, deleted, kept, manifest)
+    return IndexPlan(to_write, to_move, to_delete, new, changed, unchanged, deleted, kept, manifest, withdrawn)
+
+
+def change_share(plan: IndexPlan, live_documents: int) -> float:
+    """Share of the live documents this plan deletes or rewrites (new documents are not a risk to readers)."""
+    if live_documents == 0:
+        return 0.0
+    return (len(plan.changed_docs) + len(plan.deleted_docs)) / live_documents

@@ -4,6 +4,16 @@ validate -> version -> index -> evaluate & gate. Steps pass only a run id and a
 collection name; the validated batch is staged under `state/runs/<run id>/`, so
 every step sees exactly the documents that passed validation, whatever lands in
 the source meanwhile. One MLflow run spans the steps.
+
+Fail closed, whatever goes wrong:
+- readers never see a run before its gate accepts it: `index` writes a new generation
+  that readers do not see, `evaluate` measures that generation and either commits it
+  (one schema update switches readers) or deletes it again (see `pipelines.knowledge.index`);
+- the manifest is the commit point; every run first reconciles the live collection with
+  it (uncommitted writes deleted, committed clean-up finished, ids compared), so a run
+  killed anywhere converges on the next one;
+- a run that would delete or rewrite more than `max_change_share` of the live documents
+  stops before writing unless a person allowed it.
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.failures import QualityGateFailed
+from pipelines.failures import MassChangeRefused, QualityGateFailed
+from pipelines.faults import crash_point
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.chunking import Chunk, ChunkerConfig
-from pipelines.knowledge.documents import Document, load_documents
+from pipelines.knowledge.documents import Document, load_documents, load_options
 from pipelines.knowledge.embedding import Embedder, VectorCache
-from pipelines.knowledge.evaluation import GateDecision, evaluate_retrieval, gate, load_golden
-from pipelines.knowledge.manifest import IndexManifest, plan_update
+from pipelines.knowledge.evaluation import Baseline, GateDecision, evaluate_retrieval, gate, load_golden
+from pipelines.knowledge.manifest import IndexManifest, IndexPlan, ManifestCorrupt, change_share, plan_update
 from pipelines.knowledge.retrieval import Retriever
 from pipelines.knowledge.validation import ValidationLimits, enforce, validate_documents
 from pipelines.settings import Settings
@@ -42,6 +53,8 @@ class IndexResult:
     counts: dict[str, int]
     timings_s: dict[str, float]
     chunks_embedded: int
+    generation: int = 0  # the staged generation, invisible to readers until committed
+    live_generation: int = 0  # what readers saw when the run started
 
 
 @dataclass
@@ -75,6 +88,8 @@ class ReindexReport:
 
 
 WRITTEN_AT = "written_at"  # file in the run folder: when the index step last wrote to Weaviate
+CANDIDATE = "candidate_manifest.json"  # file in the run folder: the manifest the run commits if accepted
+REFERENCE_TAG = "retrieval.reference_run_id"  # experiment tag: the run a person pinned as reference
 
 
 def _run_dir(settings: Settings, run_id: str) -> Path:
@@ -106,7 +121,7 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
     """
     import mlflow
 
-    documents, problems = load_documents(settings.documents_location)
+    documents, problems = load_documents(settings.documents_location, load_options(settings))
     tags = {"pipeline": "reindex_documents", "documents.location": settings.documents_location}
     with tracked_run(settings, settings.reindex_experiment, tags={**tags, **airflow_tags(context)}) as run:
         run_dir = _run_dir(settings, run.info.run_id)
@@ -123,8 +138,14 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
         enforce(report, report_path)
         valid = set(report.valid_ids)
         stage_documents(run_dir / "documents.jsonl", [d for d in documents if d.id in valid])
-        quarantined = sorted({q.document for q in report.quarantine})
+        # Each quarantined document with the ACL its new version declares: a stricter ACL must take
+        # effect even though the new text is not indexed (the old, looser chunks are withdrawn).
+        declared = {d.id: list(d.acl) for d in documents if d.id not in valid}
+        quarantined = {q.document: declared.get(q.document) for q in report.quarantine}
         (run_dir / "quarantined.json").write_text(json.dumps(quarantined))
+        # Files that could not be read keep every document they held: unreadable is not deleted.
+        unreadable = sorted({p.source or p.path for p in problems})
+        (run_dir / "unreadable_sources.json").write_text(json.dumps(unreadable))
         url = run_url(settings, run.info.experiment_id, run.info.run_id)
         log.info("validated: %s; MLflow run: %s", report.summary(), url)
         return str(run.info.run_id)
@@ -138,6 +159,8 @@ def version_step(settings: Settings, run_id: str) -> dict[str, str]:
 
     is_local = not settings.documents_url and (settings.data_dir.parent / ".dvc").is_dir()
     if is_local:
+        if "dvc_add" in settings.crash_at.split(","):
+            kill_dvc_mid_add(settings)
         version = snapshot(settings.data_dir)
         tags = {"data.dvc_hash": version.dvc_hash, "git_revision": version.git_revision}
     else:  # an external source is versioned where it lives; record what we can
@@ -146,6 +169,24 @@ def version_step(settings: Settings, run_id: str) -> dict[str, str]:
         mlflow.set_tags(tags)
     (_run_dir(settings, run_id) / "version.json").write_text(json.dumps(tags))
     return tags
+
+
+def kill_dvc_mid_add(settings: Settings) -> None:
+    """Crash point `dvc_add`: SIGKILL a running `dvc add` once it holds its locks, then this process."""
+    import signal
+    import subprocess
+    import sys
+
+    repo = settings.data_dir.parent
+    child = subprocess.Popen([sys.executable, "-m", "dvc", "add", "--quiet", settings.data_dir.name], cwd=repo)
+    rwlock, deadline = repo / ".dvc" / "tmp" / "rwlock", time.monotonic() + 30
+    while time.monotonic() < deadline and child.poll() is None:
+        if rwlock.exists() and f'"pid": {child.pid}' in rwlock.read_text():
+            break  # it holds its write lock on data/: kill it there
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    crash_point(settings, "dvc_add")
 
 
 def chunker_config(settings: Settings) -> ChunkerConfig:
@@ -165,90 +206,322 @@ def vectors_for(chunks: Sequence[Chunk], embedder: Embedder, cache: VectorCache)
     return vectors, len(missing)
 
 
+def _read_run_inputs(run_dir: Path) -> tuple[list[Document], dict[str, list[str] | None], list[str], dict[str, str]]:
+    documents = read_staged(run_dir / "documents.jsonl")
+    raw_quarantined = json.loads((run_dir / "quarantined.json").read_text())
+    # A list (older runs, benchmarks): ACLs unknown, so a quarantined document's old version is withdrawn.
+    quarantined = raw_quarantined if isinstance(raw_quarantined, dict) else dict.fromkeys(raw_quarantined)
+    unreadable_path = run_dir / "unreadable_sources.json"
+    unreadable = json.loads(unreadable_path.read_text()) if unreadable_path.exists() else []
+    version = json.loads((run_dir / "version.json").read_text()) if (run_dir / "version.json").exists() else {}
+    return documents, quarantined, unreadable, version
+
+
+def _load_live_manifest(settings: Settings, live: str | None) -> tuple[IndexManifest | None, str | None]:
+    """The live collection's manifest, or None with the reason a full rebuild is needed."""
+    if live is None:
+        return None, None
+    try:
+        manifest = IndexManifest.load(settings.manifest_dir, live)
+    except ManifestCorrupt as err:
+        log.error("manifest of %s is corrupt, rebuilding the index in full: %s", live, err)
+        return None, f"corrupt manifest: {err}"
+    if manifest is None:
+        return None, f"no manifest for {live}"
+    return manifest, None
+
+
+def reconcile(settings: Settings, client: Any, collection: str, manifest: IndexManifest) -> dict[str, int]:
+    """Make the collection hold exactly the manifest's chunks, visible at its generation.
+
+    Finishes a committed run's clean-up and undoes everything an uncommitted one left (a crash,
+    a rejected or failed run), then compares ids: orphans are deleted, and documents with a
+    missing chunk are dropped from `manifest` so the next plan writes them again. Cheap: a few
+    filtered deletes and one id-only scan.
+    """
+    found: dict[str, int] = {}
+    readers_at = idx.live_generation(client, collection)
+    if readers_at is None:
+        raise idx.IndexingError(f"{collection} predates generations")
+    if readers_at > manifest.generation:
+        raise idx.IndexingError(f"{collection} is at generation {readers_at}, ahead of its manifest")
+    if readers_at < manifest.generation:  # killed between the commit and switching readers: roll forward
+        idx.update_description(client, collection, generation=manifest.generation)
+        found["rolled_forward"] = 1
+    found.update(_undo_uncommitted(client, collection, manifest.generation))
+    found["retired_deleted"] = _collect_retired(client, collection, manifest.generation, settings.delete_page_size)
+    if manifest.pending_moves:
+        idx.update_positions(client, collection, manifest.pending_moves)
+        found["moves_applied"] = len(manifest.pending_moves)
+        manifest.pending_moves = {}
+        manifest.save(settings.manifest_dir)
+    present, expected = set(idx.all_ids(client, collection)), manifest.chunk_ids
+    orphans, missing = sorted(present - expected), expected - present
+    if orphans:
+        found["orphans_deleted"] = idx.delete_objects(client, collection, orphans, settings.delete_page_size)
+    if missing:
+        damaged = [d for d, e in manifest.documents.items() if any(c.uuid in missing for c in e.chunks)]
+        log.warning("%d chunks of %d documents are missing from %s; re-writing them", len(missing), len(damaged),
+                    collection)  # fmt: skip
+        for doc_id in damaged:
+            del manifest.documents[doc_id]
+        # The chunks of those documents that did survive are now orphans of the repaired manifest.
+        survivors = sorted(present & expected - manifest.chunk_ids)
+        idx.delete_objects(client, collection, survivors, settings.delete_page_size)
+        found["missing_chunks"] = len(missing)
+    changed = {k: v for k, v in found.items() if v}
+    if changed:
+        log.warning("reconciled %s with its manifest: %s", collection, changed)
+    return found
+
+
+def _undo_uncommitted(client: Any, collection: str, generation: int) -> dict[str, int]:
+    """Delete chunks written after `generation` and un-retire chunks retired after it."""
+    from weaviate.classes.query import Filter
+
+    return {
+        "uncommitted_deleted": idx.delete_where(
+            client, collection, Filter.by_property("gen_from").greater_than(generation)
+        ),
+        "retirements_reset": idx.reset_retirements(client, collection, above=generation),
+    }
+
+
+def _collect_retired(
+    client: Any, collection: str, generation: int, page_size: int = 500, after_page: Any = None
+) -> int:
+    """Delete chunks retired at or before the committed `generation` (readers no longer see them)."""
+    from weaviate.classes.query import Filter
+
+    retired = Filter.by_property("gen_to").greater_than(0) & Filter.by_property("gen_to").less_or_equal(generation)
+    target = client.collections.use(collection)
+    deleted = 0
+    while True:  # deleted objects drop out of the filter: the first page is always the next one
+        page = [str(o.uuid) for o in target.query.fetch_objects(filters=retired, limit=page_size,
+                                                                return_properties=[]).objects]  # fmt: skip
+        if not page:
+            return deleted
+        deleted += idx.delete_objects(client, collection, page, page_size)
+        if after_page:
+            after_page(deleted)
+
+
+def _drop_unfinished(settings: Settings, client: Any) -> list[str]:
+    """Remove collections a killed or rejected full rebuild left behind (never the live one)."""
+    dropped = idx.unfinished_versions(client, settings.collection_alias)
+    for name in dropped:
+        log.warning("dropping %s: a full rebuild that never went live", name)
+        client.collections.delete(name)
+        IndexManifest.path_for(settings.manifest_dir, name).unlink(missing_ok=True)
+    return dropped
+
+
+def _guard_mass_change(
+    settings: Settings, run_id: str, plan: IndexPlan, live_documents: int, allow_mass_change: bool
+) -> float:
+    """Stop before any write if the plan deletes or rewrites too much of what readers have."""
+    import mlflow
+
+    share = change_share(plan, live_documents)
+    with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
+        mlflow.log_params({"allow_mass_change": allow_mass_change, "max_change_share": settings.max_change_share})
+        mlflow.log_metric("change_share", share)
+        if share <= settings.max_change_share or allow_mass_change:
+            return share
+        mlflow.set_tags({"gate": "refused_mass_change"})
+    examples = ", ".join((plan.deleted_docs + plan.changed_docs)[:5])
+    raise MassChangeRefused(
+        f"this run would delete {len(plan.deleted_docs)} and rewrite {len(plan.changed_docs)} of {live_documents} live "
+        f"documents ({share:.0%} > MAX_CHANGE_SHARE {settings.max_change_share:.0%}), e.g. {examples}; nothing was "
+        "written. If the drop is intended, trigger the run again with `allow_mass_change`."
+    )
+
+
 def index_step(
-    settings: Settings, run_id: str, full_rebuild: bool = False, embedder: Embedder | None = None
+    settings: Settings,
+    run_id: str,
+    full_rebuild: bool = False,
+    embedder: Embedder | None = None,
+    allow_mass_change: bool = False,
 ) -> IndexResult:
-    """Bring the index up to date: incrementally in the live collection, or a full build into a new one."""
+    """Stage the update as a generation readers do not see yet: in the live collection, or a new one (full)."""
     import mlflow
 
     run_dir = _run_dir(settings, run_id)
-    documents = read_staged(run_dir / "documents.jsonl")
-    quarantined = json.loads((run_dir / "quarantined.json").read_text())
-    version = json.loads((run_dir / "version.json").read_text()) if (run_dir / "version.json").exists() else {}
+    documents, quarantined, unreadable, version = _read_run_inputs(run_dir)
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
     chunker = chunker_config(settings)
     cache = VectorCache(settings.vector_cache_path)
     timings: dict[str, float] = {}
+    repairs: dict[str, int] = {}
     with idx.connect(settings) as client:
+        started = time.perf_counter()
+        dropped = _drop_unfinished(settings, client)
         live = idx.alias_target(client, settings.collection_alias)
-        previous = IndexManifest.load(settings.manifest_dir, live) if live else None
-        incremental = (
-            not full_rebuild and previous is not None and previous.compatible_with(embedder.signature, chunker)
-        )
+        previous, rebuild_reason = _load_live_manifest(settings, live)
+        if previous is not None and live is not None and not full_rebuild:
+            if not previous.compatible_with(embedder.signature, chunker):
+                rebuild_reason = "embedding model or chunker changed"
+            elif idx.live_generation(client, live) is None:
+                rebuild_reason = f"{live} predates generations"
+            else:
+                repairs = reconcile(settings, client, live, previous)
+        incremental = not full_rebuild and rebuild_reason is None and previous is not None
+        timings["reconcile"] = time.perf_counter() - started
+        if rebuild_reason:
+            log.warning("full rebuild of %s: %s", settings.collection_alias, rebuild_reason)
+        started = time.perf_counter()
         if incremental:
             assert previous is not None and live is not None
-            collection, base = live, previous
+            collection, base, generation = live, previous, previous.generation + 1
+            plan = plan_update(documents, base, chunker, quarantined, unreadable)
+            guard_plan = plan
         else:
-            if previous is not None and not full_rebuild:
-                log.warning("embedding model or chunker changed since %s: full rebuild", live)
-            collection = idx.new_collection_name(settings.collection_alias)
-            idx.create_collection(client, collection, {"run_id": run_id, **version})
+            collection, generation = idx.new_collection_name(settings.collection_alias), 1
             base = IndexManifest(collection, embedder.signature, chunker.signature())
+            plan = plan_update(documents, base, chunker, quarantined, unreadable)
+            # A rebuild replaces what readers have just the same: judge it against the live manifest.
+            guard_plan = plan_update(documents, previous, chunker, quarantined, unreadable) if previous else plan
+        live_documents = len(previous.documents) if previous else 0
+        _guard_mass_change(settings, run_id, guard_plan, live_documents, allow_mass_change)
+        timings["plan_and_chunk"] = time.perf_counter() - started
+        crash_point(settings, "after_plan")
         try:
-            started = time.perf_counter()
-            plan = plan_update(documents, base, chunker, quarantined)
-            timings["plan_and_chunk"] = time.perf_counter() - started
             started = time.perf_counter()
             vectors, embedded = vectors_for(plan.to_write, embedder, cache)
             timings["embed"] = time.perf_counter() - started
-            started = time.perf_counter()
-            # Writes first, deletes after: a reader sees the old or the new version, never neither.
-            idx.upsert_chunks(client, collection, plan.to_write, vectors)
-            idx.update_positions(client, collection, plan.to_move)
-            timings["write"] = time.perf_counter() - started
-            started = time.perf_counter()
-            idx.delete_objects(client, collection, plan.to_delete, settings.delete_page_size)
-            timings["delete"] = time.perf_counter() - started
-            if plan.to_write or plan.to_move or plan.to_delete:
-                (run_dir / WRITTEN_AT).write_text(str(time.time()))
-        except Exception:
-            if not incremental:  # a half-built new collection is never left behind
-                client.collections.delete(collection)
-            raise
         finally:
             cache.close()
         started = time.perf_counter()
+        if not incremental:
+            idx.create_collection(client, collection, {"run_id": run_id, **version, "state": idx.BUILDING,
+                                                       "generation": generation})  # fmt: skip
+        point = "mid_write" if incremental else "full_mid_write"
+        idx.upsert_chunks(client, collection, plan.to_write, vectors, generation, settings.write_page_size,
+                          after_page=lambda _n: crash_point(settings, point))  # fmt: skip
+        crash_point(settings, "after_write")
+        if incremental:  # full rebuilds start empty: nothing to retire
+            idx.retire_objects(client, collection, plan.to_delete, generation,
+                               after_page=lambda _n: crash_point(settings, "mid_retire"),
+                               page_size=settings.write_page_size)  # fmt: skip
+        timings["write"] = time.perf_counter() - started
+        if plan.to_write or plan.to_delete:
+            (run_dir / WRITTEN_AT).write_text(str(time.time()))
+        plan.manifest.generation = generation
+        plan.manifest.pending_moves = dict(plan.to_move)
         plan.manifest.data_version = {"run_id": run_id, **version}
-        plan.manifest.save(settings.manifest_dir)
-        idx.set_description(client, collection, plan.manifest.data_version)
-        counts = {**plan.counts(), "chunks_in_collection": idx.count_objects(client, collection)}
-        timings["finalize"] = time.perf_counter() - started
-    result = IndexResult(collection, "incremental" if incremental else "full", counts, timings, embedded)
+        plan.manifest.write(run_dir / CANDIDATE)
+    counts = {**plan.counts(), "collections_dropped": len(dropped), **{f"reconcile_{k}": v for k, v in repairs.items()}}
+    mode = "incremental" if incremental else "full"
+    result = IndexResult(collection, mode, counts, timings, embedded, generation, generation - 1 if incremental else 0)
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
         mlflow.log_params({"mode": result.mode, "collection": collection, "embedding_model": embedder.signature,
                            "chunk_tokens": chunker.chunk_tokens, "chunk_overlap": chunker.overlap_tokens})  # fmt: skip
         mlflow.log_metrics({**{k: float(v) for k, v in counts.items()}, "chunks_embedded": float(embedded),
                             **{f"time_{k}_s": v for k, v in timings.items()}})  # fmt: skip
+        if rebuild_reason:
+            mlflow.set_tag("full_rebuild_reason", rebuild_reason[:500])
         mlflow.log_dict(asdict(result), "index/result.json")
-    log.info("indexed into %s (%s): %s, embedded %d", collection, result.mode, counts, embedded)
+    log.info("staged generation %d in %s (%s): %s, embedded %d", generation, collection, mode, counts, embedded)
+    crash_point(settings, "after_index")
     return result
 
 
-def last_accepted_metrics(settings: Settings, exclude_run: str) -> tuple[dict[str, float] | None, str | None]:
-    """Metrics of the most recent accepted run: the baseline of the gate."""
+def commit_index(settings: Settings, run_id: str, result: IndexResult) -> tuple[str | None, list[str]]:
+    """Make the staged generation what readers see; returns (alias target, dropped old versions).
+
+    The manifest written to `manifest_dir` is the commit point: a crash after it rolls forward
+    on the next run (`reconcile`), a crash before it rolls back.
+    """
+    manifest = IndexManifest.read(_run_dir(settings, run_id) / CANDIDATE)
+    if manifest is None:
+        raise idx.IndexingError(f"run {run_id} staged no manifest; was its index step run?")
+    with idx.connect(settings) as client:
+        crash_point(settings, "before_commit")
+        if result.mode == "full":
+            manifest.save(settings.manifest_dir)
+            idx.update_description(client, result.collection, **manifest.data_version, state=idx.ACCEPTED,
+                                   generation=manifest.generation)  # fmt: skip
+            idx.point_alias(client, settings.collection_alias, result.collection)
+            crash_point(settings, "full_after_alias")
+            dropped = idx.drop_old_versions(client, settings.collection_alias, settings.collections_to_keep)
+            for name in dropped:
+                IndexManifest.path_for(settings.manifest_dir, name).unlink(missing_ok=True)
+            return idx.alias_target(client, settings.collection_alias), dropped
+        manifest.save(settings.manifest_dir)
+        crash_point(settings, "after_commit")
+        idx.update_description(client, result.collection, **manifest.data_version, state=idx.ACCEPTED,
+                               generation=manifest.generation)  # fmt: skip
+        crash_point(settings, "after_publish")
+        _collect_retired(client, result.collection, manifest.generation, settings.delete_page_size,
+                         after_page=lambda _n: crash_point(settings, "mid_gc"))  # fmt: skip
+        idx.update_positions(client, result.collection, manifest.pending_moves)
+        crash_point(settings, "before_moves_cleared")
+        manifest.pending_moves = {}
+        manifest.save(settings.manifest_dir)
+        return idx.alias_target(client, settings.collection_alias), []
+
+
+def discard_index(settings: Settings, result: IndexResult) -> None:
+    """Undo a staged generation the gate rejected: the live collection is left exactly as it was."""
+    with idx.connect(settings) as client:
+        if result.mode == "full":  # never swapped in; remove so it cannot be rolled back to by mistake
+            client.collections.delete(result.collection)
+            IndexManifest.path_for(settings.manifest_dir, result.collection).unlink(missing_ok=True)
+        else:
+            _undo_uncommitted(client, result.collection, result.live_generation)
+
+
+def gate_baselines(settings: Settings, exclude_run: str) -> list[Baseline]:
+    """The runs the gate compares with: the last accepted run, and the pinned reference run.
+
+    The reference is the run named by the experiment tag `retrieval.reference_run_id` (set by a
+    person with `pipelines pin-reference`), by default the first accepted run. An MLflow error
+    raises: a gate that cannot read its baseline must not pass.
+    """
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(settings.reindex_experiment)
     if experiment is None:
-        return None, None
-    runs = mlflow.search_runs(
-        [experiment.experiment_id], "tags.gate = 'accepted'", order_by=["start_time DESC"], max_results=5,
-        output_format="list",
-    )  # fmt: skip
-    for run in runs:
-        if run.info.run_id != exclude_run:
-            return dict(run.data.metrics), run.info.run_id
-    return None, None
+        return []
+
+    def accepted(order: str) -> Any:
+        runs = mlflow.search_runs(
+            [experiment.experiment_id], "tags.gate = 'accepted'", order_by=[f"start_time {order}"], max_results=2,
+            output_format="list",
+        )  # fmt: skip
+        return next((r for r in runs if r.info.run_id != exclude_run), None)
+
+    baselines = []
+    last = accepted("DESC")
+    if last is not None:
+        baselines.append(Baseline("last accepted run", dict(last.data.metrics), last.info.run_id))
+    pinned = experiment.tags.get(REFERENCE_TAG)
+    reference = mlflow.get_run(pinned) if pinned else accepted("ASC")
+    if reference is not None and (last is None or reference.info.run_id != last.info.run_id):
+        baselines.append(Baseline("reference run", dict(reference.data.metrics), reference.info.run_id))
+    return baselines
+
+
+def pin_reference(settings: Settings, run_id: str | None = None) -> str:
+    """Pin the reference run of the retrieval gate (default: the last accepted run); returns its id."""
+    import mlflow
+    from pipelines.tracking import configure
+
+    configure(settings)
+    experiment = mlflow.get_experiment_by_name(settings.reindex_experiment)
+    if experiment is None:
+        raise idx.IndexingError(f"no experiment {settings.reindex_experiment!r}: run a re-index first")
+    if run_id is None:
+        found = mlflow.search_runs([experiment.experiment_id], "tags.gate = 'accepted'", order_by=["start_time DESC"],
+                                   max_results=1, output_format="list")  # fmt: skip
+        if not found:
+            raise idx.IndexingError("no accepted run to pin")
+        run_id = str(found[0].info.run_id)
+    elif mlflow.get_run(run_id).data.tags.get("gate") != "accepted":
+        raise idx.IndexingError(f"run {run_id} was not accepted by the gate; only accepted runs can be the reference")
+    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, REFERENCE_TAG, run_id)
+    return run_id
 
 
 def plot_history(settings: Settings, path: Path) -> Path | None:
@@ -299,62 +572,54 @@ def wait_until_settled(settings: Settings, run_id: str) -> float:
 
 
 def evaluate_step(
-    settings: Settings, run_id: str, collection: str, mode: str, embedder: Embedder | None = None
+    settings: Settings, run_id: str, result: IndexResult, embedder: Embedder | None = None
 ) -> ReindexReport:
-    """Evaluate the collection, gate it against the last accepted run, and go live if it passes."""
+    """Measure the staged generation, gate it, and commit it (readers switch) or discard it (nothing changes)."""
     import mlflow
 
     waited = wait_until_settled(settings, run_id)
-
-    manifest = IndexManifest.load(settings.manifest_dir, collection)
-    indexed = set(manifest.documents) if manifest else set()
-    golden = load_golden(settings.golden_set_dir).covering(indexed)
+    golden = load_golden(settings.golden_set_dir)
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
     with idx.connect(settings) as client:
-        report = evaluate_retrieval(Retriever(client, embedder, collection, settings.hybrid_alpha), golden)
-        metrics = report.flat()
-        metrics["golden_queries"] = float(len(golden.queries))
-        metrics["time_settle_wait_s"] = waited
-        lat = sorted(report.latencies_ms)
-        metrics["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat else 0.0
-        metrics["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat else 0.0
-        with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
-            baseline, baseline_run = last_accepted_metrics(settings, exclude_run=run_id)
-            if golden.queries:
-                decision = gate(metrics, baseline, settings.retrieval_tolerance, baseline_run)
-            else:
-                decision = GateDecision(True, ["no golden query covers the indexed documents: quality not measured"])
-            mlflow.log_metrics(metrics)
-            mlflow.log_dict(report.per_query, "evaluation/per_query.json")
-            mlflow.set_tag("gate_reasons", "; ".join(decision.reasons)[:5000])
-            target, dropped = None, []
-            if decision.passed:
-                if mode == "full":
-                    idx.point_alias(client, settings.collection_alias, collection)
-                    dropped = idx.drop_old_versions(client, settings.collection_alias, settings.collections_to_keep)
-                target = idx.alias_target(client, settings.collection_alias)
-                mlflow.set_tags({"gate": "accepted", "alias_target": str(target)})
-            else:
-                mlflow.set_tag("gate", "rejected")
-                if mode == "full":  # never swapped in; remove so it cannot be rolled back to by mistake
-                    client.collections.delete(collection)
-                    IndexManifest.path_for(settings.manifest_dir, collection).unlink(missing_ok=True)
-            plot = plot_history(settings, _run_dir(settings, run_id) / "retrieval_history.png")
-            if plot:
-                mlflow.log_artifact(str(plot), "plots")
+        retriever = Retriever(client, embedder, result.collection, settings.hybrid_alpha, result.generation)
+        report = evaluate_retrieval(retriever, golden)
+    metrics = report.flat()
+    metrics["golden_queries"] = float(len(golden.queries))
+    metrics["time_settle_wait_s"] = waited
+    lat = sorted(report.latencies_ms)
+    metrics["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat else 0.0
+    metrics["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat else 0.0
+    with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
+        decision = gate(metrics, gate_baselines(settings, exclude_run=run_id), settings.retrieval_tolerance)
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(report.per_query, "evaluation/per_query.json")
+        mlflow.set_tag("gate_reasons", "; ".join(decision.reasons)[:5000])
+        target: str | None = None
+        dropped: list[str] = []
+        if decision.passed:
+            target, dropped = commit_index(settings, run_id, result)
+            mlflow.set_tags({"gate": "accepted", "alias_target": str(target), "generation": str(result.generation)})
+        else:
+            discard_index(settings, result)
+            mlflow.set_tag("gate", "rejected")
+        plot = plot_history(settings, _run_dir(settings, run_id) / "retrieval_history.png")
+        if plot:
+            mlflow.log_artifact(str(plot), "plots")
     if not decision.passed:
-        raise QualityGateFailed("; ".join(decision.reasons))
-    dummy = IndexResult(collection, mode, {}, {}, 0)
-    return ReindexReport(run_id, dummy, metrics, decision, target, dropped)
+        raise QualityGateFailed("; ".join(decision.reasons) + "; readers keep the previous index")
+    return ReindexReport(run_id, result, metrics, decision, target, dropped)
 
 
-def run_reindex(settings: Settings, full_rebuild: bool = False, context: Mapping[str, Any] | None = None,
-                embedder: Embedder | None = None) -> ReindexReport:  # fmt: skip
+def run_reindex(
+    settings: Settings,
+    full_rebuild: bool = False,
+    context: Mapping[str, Any] | None = None,
+    embedder: Embedder | None = None,
+    allow_mass_change: bool = False,
+) -> ReindexReport:
     """All four steps in one process (the CLI and tests; the DAG runs them as tasks)."""
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
     run_id = validate_step(settings, context)
     version_step(settings, run_id)
-    result = index_step(settings, run_id, full_rebuild, embedder)
-    report = evaluate_step(settings, run_id, result.collection, result.mode, embedder)
-    report.index = result
-    return report
+    result = index_step(settings, run_id, full_rebuild, embedder, allow_mass_change)
+    return evaluate_step(settings, run_id, result, embedder)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.knowledge import index as idx
 from pipelines.knowledge.documents import PUBLIC
 from pipelines.knowledge.embedding import Embedder
 from pipelines.knowledge.index import connect
@@ -52,11 +53,16 @@ def access_filter(user_groups: Sequence[str], filters: Mapping[str, Any] | None 
 class Retriever:
     """Holds one Weaviate client and the query encoder for repeated searches."""
 
-    def __init__(self, client: Any, embedder: Embedder, collection: str, default_alpha: float) -> None:
+    def __init__(
+        self, client: Any, embedder: Embedder, collection: str, default_alpha: float, generation: int | None = None
+    ) -> None:
         self.client = client
         self.embedder = embedder
         self.collection = collection
         self.default_alpha = default_alpha
+        # None: whatever generation is live at each query (readers). A number: that generation
+        # exactly (the gate measuring a staged, not yet visible, update).
+        self.generation = generation
 
     def search(
         self,
@@ -71,7 +77,11 @@ class Retriever:
         from weaviate.classes.query import HybridFusion, MetadataQuery
 
         target = self.client.collections.use(self.collection)
+        generation = idx.live_generation(self.client, self.collection) if self.generation is None else self.generation
         where = access_filter(user_groups, filters)
+        visible = idx.visible_filter(generation)
+        if visible is not None:
+            where = where & visible
         metadata = MetadataQuery(score=True, distance=True)
         if mode == "bm25":
             result = target.query.bm25(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipelines.knowledge.chunking import ChunkerConfig
 from pipelines.knowledge.documents import Document
-from pipelines.knowledge.manifest import IndexManifest, plan_update
+from pipelines.knowledge.manifest import IndexManifest, ManifestCorrupt, change_share, plan_update
 from pipelines.settings import Settings
 
 
@@ -57,9 +58,61 @@ def test_deleted_document_loses_all_its_chunks(config: ChunkerConfig) -> None:
 
 def test_quarantined_document_keeps_its_indexed_version(config: ChunkerConfig) -> None:
     previous = _indexed([_doc("a"), _doc("b")], config)
-    plan = plan_update([_doc("a")], previous, config, quarantined=["b"])
+    plan = plan_update([_doc("a")], previous, config, quarantined={"b": ["public"]})
     assert plan.kept_docs == ["b"] and not plan.to_delete
     assert plan.manifest.documents["b"] == previous.documents["b"]
+
+
+def _restricted(doc_id: str, acl: tuple[str, ...]) -> Document:
+    return replace(_doc(doc_id), acl=acl)
+
+
+@pytest.mark.parametrize(
+    ("old_acl", "declared", "kept"),
+    [
+        (("hr", "finance"), ["hr"], False),  # tightened: the old, looser chunks must go
+        (("public",), ["hr"], False),  # public -> restricted
+        (("hr",), ["hr", "finance"], True),  # loosened: the old, stricter version is safe to keep
+        (("hr",), ["public"], True),
+        (("hr",), [], False),  # an empty ACL reads as "nobody": stricter than anything
+        (("hr",), None, False),  # the new ACL could not be read: never assume it allows the old readers
+    ],
+)
+def test_quarantined_document_with_a_stricter_acl_is_withdrawn(
+    config: ChunkerConfig, old_acl: tuple[str, ...], declared: list[str] | None, kept: bool
+) -> None:
+    previous = _indexed([_doc("a"), _restricted("b", old_acl)], config)
+    plan = plan_update([_doc("a")], previous, config, quarantined={"b": declared})
+    assert (plan.kept_docs == ["b"]) is kept
+    assert (plan.withdrawn_docs == ["b"]) is not kept
+    old_chunks = {c.uuid for c in previous.documents["b"].chunks}
+    assert (set(plan.to_delete) == old_chunks) is not kept
+
+
+def test_documents_of_an_unreadable_file_are_kept_not_deleted(config: ChunkerConfig) -> None:
+    docs = [replace(_doc(d), source="reports.jsonl") for d in ("a", "b")] + [replace(_doc("c"), source="c.md")]
+    previous = _indexed(docs, config)
+    # reports.jsonl could not be read today: its documents are missing from the batch, not deleted.
+    plan = plan_update([docs[2]], previous, config, unreadable_sources=["reports.jsonl"])
+    assert sorted(plan.kept_docs) == ["a", "b"] and not plan.deleted_docs and not plan.to_delete
+    # ...while a file that is simply gone deletes its documents.
+    gone = plan_update([docs[2]], previous, config)
+    assert sorted(gone.deleted_docs) == ["a", "b"]
+
+
+def test_corrupt_manifest_is_reported_not_crashed_on(tmp_path: Path, config: ChunkerConfig) -> None:
+    manifest = _indexed([_doc("a")], config)
+    path = manifest.save(tmp_path)
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])  # torn write of an older version
+    with pytest.raises(ManifestCorrupt, match="C_1.json"):
+        IndexManifest.load(tmp_path, "C_1")
+
+
+def test_change_share_counts_deletions_and_rewrites_of_live_documents(config: ChunkerConfig) -> None:
+    docs = [_doc(f"d{i}") for i in range(10)]
+    previous = _indexed(docs, config)
+    plan = plan_update([*docs[:7], _doc("d7", edit=1), _doc("new")], previous, config)
+    assert change_share(plan, len(previous.documents)) == pytest.approx(3 / 10)  # d7 rewritten, d8 d9 deleted
 
 
 def test_manifest_round_trips_and_detects_incompatible_settings(tmp_path: Path, config: ChunkerConfig) -> None:
