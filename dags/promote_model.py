@@ -6,10 +6,15 @@ model version who moved it (this Airflow run and its triggering user), why and w
 `alias_history`, `<alias>.moved_by`, `<alias>.reason`, `<alias>.moved_at`).
 
 - **promote**: point `alias` (default `champion`) at `version`, e.g. the `challenger` that a
-  `retrain_lora` run with policy `manual` left waiting.
+  `retrain_lora` run left waiting. A version whose gate did not pass becomes champion only with
+  **Override** ticked and a **Reason**; both are recorded with who triggered the run.
 - **rollback**: point `champion` back at the version that held it before the current one.
 
-The same moves from a shell: `pipelines promote --version N` / `pipelines rollback`.
+Then **audit_registry** checks that `champion` is where the recorded history says; a move made
+elsewhere (the MLflow UI) is recorded on the version and fails the run. Promoting that version here
+ratifies it (with a reason); rollback undoes it.
+
+The same moves from a shell: `pipelines promote --version N [--override --reason "…"]` / `pipelines rollback`.
 """
 
 from __future__ import annotations
@@ -40,18 +45,33 @@ from airflow.sdk import Param, dag, get_current_context, task
         "alias": Param("champion", type="string", pattern="^[a-z][a-z0-9_-]*$", title="Alias",
                        description="Alias to move (promote only)."),
         "reason": Param("manual promotion", type="string", minLength=3, title="Reason",
-                        description="Why; recorded on the model version."),
+                        description="Why; recorded on the model version. Required (not the default) with Override."),
+        "override": Param(False, type="boolean", title="Override a failed gate",
+                          description="Promote to champion although the version's gate did not pass; needs a Reason."),
     },
 )  # fmt: skip
 def promote_model() -> None:
     @task
     def move_alias() -> dict:
         from pipelines.behaviour.registry import apply_alias_request
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
-        return apply_alias_request(get_settings(), get_current_context())
+        with fail_fast():
+            return apply_alias_request(get_settings(), get_current_context())
 
-    move_alias()
+    @task
+    def audit_registry() -> dict:
+        from dataclasses import asdict
+
+        from pipelines.behaviour.registry import audit_champion
+        from pipelines.orchestration import fail_fast
+        from pipelines.settings import get_settings
+
+        with fail_fast():
+            return asdict(audit_champion(get_settings(), get_current_context()["params"].get("model_name") or None))
+
+    move_alias() >> audit_registry()
 
 
 promote_model()

@@ -4,16 +4,23 @@
 Runs **quarterly (00:00 UTC on the 1st of Jan/Apr/Jul/Oct)** and **whenever the `training_data`
 asset is updated**; trigger it by hand with other params (base model, steps/epochs, LoRA rank, policy).
 
-1. **validate** — Great Expectations on `data/training/` (roles, empty turns, token lengths, duplicates,
-   PII/secrets, train/eval leakage). A failure stops here; the report is on the MLflow run.
-2. **version** — `dvc add` + `dvc push`; the data hash and git revision are tagged on the run.
+0. **audit_registry** — `champion` must be where the last recorded move put it; a move nobody recorded
+   (e.g. in the MLflow UI) is written onto the version and fails the run until a person ratifies or undoes it.
+1. **validate** — stages the exact bytes of `data/training/` (content-addressed, under
+   `state/training-snapshots/<sha256>/`) and runs Great Expectations on them (roles, empty turns, token
+   lengths, duplicates, PII/secrets, exact or near-duplicate train/eval overlap). A failure stops here.
+   Every later step reads only the staged copy: a drop landing during the run is for the next run.
+2. **version** — the staged snapshot is versioned with DVC (`training-snapshot.dvc`); hashes on the run.
 3. **train** — LoRA (transformers + peft) on the base model; loss curve as metrics and a plot; the
-   adapter is logged without copying base weights.
-4. **evaluate** — base, candidate and current champion on held-out questions (format, ROUGE-L,
-   token-F1, grounding), forgetting on general text, generation speed; per-item results as an artifact.
-5. **register** — new version of the registered model with lineage tags, alias `challenger`.
-6. **decide** — the gate; with policy `auto` a passing challenger becomes `champion`, with `manual`
-   it waits: promote it with the `promote_model` DAG or by moving the alias in the MLflow UI.
+   adapter is logged without copying base weights, and its sha256 recorded.
+4. **evaluate** — base, candidate and current champion (its adapter hash verified) on the run's held-out
+   questions (format, ROUGE-L, token-F1, grounding), forgetting on general text; per-item results as an
+   artifact. A registry error fails the task (retried); it never reads as "no champion".
+5. **register** — the run's version of the registered model (a retry reuses it), lineage and hash tags,
+   alias `challenger`.
+6. **decide** — the gate. With policy `auto` a passing challenger becomes `champion`, unless the champion
+   moved since evaluate or the eval/OOD sets differ from the champion's (then it waits for a person, the
+   yardstick diff on the run). With `manual` it waits: promote it with the `promote_model` DAG.
 
 Everything lands in one MLflow run (experiment `retrain_lora`); each task returns its run id and URL.
 """
@@ -71,6 +78,17 @@ def retrain_lora() -> None:
         return RetrainRequest.from_settings(get_settings(), get_current_context()["params"])
 
     @task(retries=0)
+    def audit_registry() -> dict:
+        from dataclasses import asdict
+
+        from pipelines.behaviour.registry import audit_champion
+        from pipelines.orchestration import fail_fast
+        from pipelines.settings import get_settings
+
+        with fail_fast():
+            return asdict(audit_champion(get_settings()))
+
+    @task(retries=0)
     def validate() -> str:
         from pipelines.behaviour.retrain import validate_data
         from pipelines.orchestration import fail_fast
@@ -83,27 +101,32 @@ def retrain_lora() -> None:
     @task
     def version(mlflow_run: str) -> str:
         from pipelines.behaviour.retrain import version_data
-        from pipelines.orchestration import note_mlflow_run
+        from pipelines.orchestration import fail_fast, note_mlflow_run
         from pipelines.settings import get_settings
 
         note_mlflow_run(get_settings(), get_current_context(), mlflow_run)  # the run page links MLflow
-        return version_data(get_settings(), mlflow_run)
+        with fail_fast():
+            return version_data(get_settings(), mlflow_run)
 
     @task
     def train(mlflow_run: str, _dvc_hash: str) -> str:
         from pipelines.behaviour.retrain import train_candidate
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
-        return train_candidate(get_settings(), request(), mlflow_run)
+        with fail_fast():  # IntegrityError (the staged data changed) is not retried; service errors are
+            return train_candidate(get_settings(), request(), mlflow_run)
 
     @task
     def evaluate(mlflow_run: str, model_uri: str) -> dict:
         from dataclasses import asdict
 
         from pipelines.behaviour.retrain import evaluate_candidate
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
 
-        return asdict(evaluate_candidate(get_settings(), request(), mlflow_run, model_uri))
+        with fail_fast():
+            return asdict(evaluate_candidate(get_settings(), request(), mlflow_run, model_uri))
 
     @task
     def register(mlflow_run: str, model_uri: str, summary: dict) -> str:
@@ -117,14 +140,17 @@ def retrain_lora() -> None:
         from dataclasses import asdict
 
         from pipelines.behaviour.retrain import EvaluationSummary, decide_promotion
+        from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
         from pipelines.tracking import run_link
 
         settings = get_settings()
-        decision = decide_promotion(settings, request(), mlflow_run, version, EvaluationSummary(**summary))
+        with fail_fast():
+            decision = decide_promotion(settings, request(), mlflow_run, version, EvaluationSummary(**summary))
         return {**asdict(decision), "version": version, "run_id": mlflow_run, "run_url": run_link(settings, mlflow_run)}
 
     mlflow_run = validate()
+    audit_registry() >> mlflow_run
     model_uri = train(mlflow_run, version(mlflow_run))
     summary = evaluate(mlflow_run, model_uri)
     decide(mlflow_run, register(mlflow_run, model_uri, summary), summary)

@@ -35,3 +35,7 @@ class PromotionRejected(DeterministicFailure):
 
 class IntegrityError(DeterministicFailure):
     """Stored bytes do not match the hash recorded for them (a tampered or corrupt artifact)."""
+
+
+class UnexplainedAliasMove(DeterministicFailure):
+    """A registry alias moved without a recorded gate verdict or override (for example in the MLflow UI)."""

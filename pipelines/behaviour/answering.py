@@ -1,7 +1,8 @@
 """Answering with the hybrid: retrieve from Weaviate, prompt in the house format, generate, cite.
 
 The model is the base model plus the adapter that `models:/<name>@champion` points
-at (the base alone when there is no champion). Citations map the labels the model
+at (the base alone when there is no champion), loaded only after its files match the
+sha256 recorded at registration (IntegrityError otherwise). Citations map the labels the model
 wrote back to the chunks that were really retrieved; a label that names no
 retrieved chunk is dropped and counted, never invented.
 """
@@ -54,6 +55,7 @@ class Answer:
     follows_format: bool
     retrieved: list[str] = field(default_factory=list)  # chunk ids, in prompt order
     unknown_labels: list[int] = field(default_factory=list)
+    contexts: list[ContextChunk] = field(default_factory=list)  # what the model was shown, [label] -> text
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,18 @@ def _load(settings: Settings, version: str | None) -> AnsweringModel:
 def _load_uncached(settings: Settings, version: str | None) -> AnsweringModel:
     import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, pick_device, resolve_base_model
+    from pipelines.behaviour.registry import download_version
     from pipelines.tracking import configure
 
     if version is None:
         base = resolve_base_model(settings)
         return AnsweringModel(load_model(base), load_tokenizer(base), f"{base.model_id} (base, no champion)")
     configure(settings)
-    uri = f"models:/{settings.registered_model}/{version}"
-    parts = mlflow.transformers.load_model(uri, return_type="components", device=0 if pick_device() == "cuda" else None)
+    # Load the very files whose hash was just checked against the one recorded at registration.
+    local = download_version(settings, version)
+    parts = mlflow.transformers.load_model(
+        str(local), return_type="components", device=0 if pick_device() == "cuda" else None
+    )
     tokenizer = parts["tokenizer"]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -132,7 +138,8 @@ def ask(settings: Settings, question: str, k: int | None = None, user_groups: Se
     loaded_at = time.perf_counter()
     hits = search(settings, question, k=k or settings.answer_contexts, user_groups=user_groups)
     retrieved_at = time.perf_counter()
-    prompt = chat_messages(question, contexts_from_hits(question, hits))
+    contexts = contexts_from_hits(question, hits)
+    prompt = chat_messages(question, contexts)
     texts, _, seconds = generate(loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1)
     raw = texts[0].strip()
     citations, unknown, ok = cite(raw, hits)
@@ -147,4 +154,5 @@ def ask(settings: Settings, question: str, k: int | None = None, user_groups: Se
         follows_format=ok,
         retrieved=[h.chunk_id for h in hits],
         unknown_labels=unknown,
+        contexts=contexts,
     )

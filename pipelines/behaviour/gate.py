@@ -51,6 +51,24 @@ class GateDecision:
         return ("PASSED: " if self.passed else "FAILED: ") + "; ".join(self.reasons)
 
 
+@dataclass(frozen=True)
+class PromotionOutcome:
+    """What happens to a gated candidate: `promoted`, `awaiting approval` or `rejected`."""
+
+    status: str
+    promoted: bool
+
+
+def promotion_outcome(passed: bool, policy: PromotionPolicy, holds: list[str]) -> PromotionOutcome:
+    """Only a passing candidate, under policy auto, with nothing holding it (a moved champion, a changed
+    yardstick) is promoted automatically; a passing one that is held waits for a person."""
+    if not passed:
+        return PromotionOutcome("rejected", False)
+    if holds or policy is not PromotionPolicy.AUTO:
+        return PromotionOutcome("awaiting approval", False)
+    return PromotionOutcome("promoted", True)
+
+
 def decide(candidate: Scores, base: Scores, champion: Scores | None, thresholds: GateThresholds) -> GateDecision:
     """Apply every rule; the candidate passes only if all hold."""
     checks: list[tuple[bool, str]] = []

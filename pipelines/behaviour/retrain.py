@@ -4,6 +4,12 @@ Each step is what one task of `dags/retrain_lora.py` calls (and `pipelines retra
 chains them). All steps write into one MLflow run, passed between them by id, so
 the run shows the validation report, the loss curve, the evaluation table, the
 gate verdict and the registered version together.
+
+`validate` stages the bytes it validated (`pipelines.behaviour.snapshot`) and names
+them in the run's tags; every later step reads that staged copy, never the live
+folder. `decide` promotes only when nothing changed under the gate's feet: the
+champion is the one evaluated, and the yardstick (eval + OOD sets) is the one the
+champion was promoted on; otherwise a person decides.
 """
 
 from __future__ import annotations
@@ -16,14 +22,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipelines.behaviour.dataset import TRAIN_FILE
 from pipelines.behaviour.evaluation import EvalConfig, ModelReport
-from pipelines.behaviour.gate import GateDecision, GateThresholds, PromotionPolicy, Scores, decide
+from pipelines.behaviour.gate import GateDecision, GateThresholds, PromotionPolicy, Scores, decide, promotion_outcome
+from pipelines.behaviour.snapshot import (
+    SNAPSHOT_FOLDER,
+    YARDSTICK_FILES,
+    StagedData,
+    record_diff,
+    stage_training_data,
+    staged_from_tags,
+)
 from pipelines.behaviour.training import TrainConfig
 from pipelines.settings import Settings
 from pipelines.tracking import run_link
 
 log = logging.getLogger(__name__)
 ROLES = ("base", "candidate", "champion")
+YARDSTICK_ARTIFACTS = "yardstick"  # run artifact folder holding the eval and OOD files the run was graded on
+DVC_OUT = "training-snapshot"  # DVC output (in the data project) versioning the staged snapshot of the last run
 
 
 @dataclass(frozen=True)
@@ -91,12 +108,25 @@ def _run(
     return tracked_run(settings, settings.training_experiment, run_name=name, run_id=run_id, tags=tags)
 
 
+def _staged(settings: Settings, run_id: str) -> StagedData:
+    """The snapshot `validate` staged for this run, re-checked byte for byte (IntegrityError otherwise)."""
+    import mlflow
+    from pipelines.tracking import configure
+
+    configure(settings)
+    return staged_from_tags(mlflow.get_run(run_id).data.tags)
+
+
 def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str, str] | None = None) -> str:
-    """Open the run, log the request, and validate the training data with GX; raises TrainingDataInvalid."""
+    """Open the run, stage and validate the training data with GX; raises TrainingDataInvalid.
+
+    The live folder is read once, into the staged snapshot; validation and every later step read the snapshot.
+    """
     import mlflow
     from pipelines.behaviour.base_model import load_tokenizer, resolve_base_model
     from pipelines.behaviour.dataset import load_training_data
-    from pipelines.behaviour.validation import DataLimits, TrainingDataInvalid, validate_training_data
+    from pipelines.behaviour.validation import DataLimits, validate_training_data
+    from pipelines.failures import TrainingDataInvalid
 
     name = f"retrain-{(tags or {}).get('airflow.run_id', 'cli')}"
     with _run(settings, tags=tags, name=name) as run:
@@ -113,8 +143,12 @@ def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str
         mlflow.set_tags(
             {"base_model.id": base.model_id, "base_model.path": base.path, "base_model.hash": base.weights_hash}
         )
+        staged = stage_training_data(request.data_dir, settings.state_dir / SNAPSHOT_FOLDER)
+        mlflow.set_tags(staged.tags())
+        for name in YARDSTICK_FILES:  # kept with the run, so a later run can diff its yardstick against this one
+            mlflow.log_artifact(str(staged.folder / name), YARDSTICK_ARTIFACTS)
         limits = DataLimits(max_tokens=request.train.max_seq_len, pii_patterns=tuple(settings.pii_patterns))
-        report = validate_training_data(load_training_data(request.data_dir), load_tokenizer(base), limits)
+        report = validate_training_data(load_training_data(staged.folder), load_tokenizer(base), limits)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(report.write(Path(tmp) / "validation_report.json")), "validation")
         mlflow.set_tags(
@@ -130,11 +164,12 @@ def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str
 
 
 def version_data(settings: Settings, run_id: str) -> str:
-    """Snapshot the data folder with DVC and tag the run with its hash and the git revision."""
+    """Version the staged snapshot (not the live folder) with DVC; tag the run with its hash and git revision."""
     import mlflow
-    from pipelines.versioning import snapshot
+    from pipelines.versioning import snapshot_copy
 
-    version = snapshot(settings.data_dir)
+    staged = _staged(settings, run_id)
+    version = snapshot_copy(staged.folder, settings.data_dir.parent, DVC_OUT)
     with _run(settings, run_id=run_id):
         mlflow.set_tags({"data.dvc_hash": version.dvc_hash, "data.git_revision": version.git_revision})
     return version.dvc_hash
@@ -145,15 +180,18 @@ def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) ->
     import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
     from pipelines.behaviour.dataset import load_training_data
-    from pipelines.behaviour.registry import log_adapter
+    from pipelines.behaviour.registry import ADAPTER_HASH_TAG, adapter_sha256, download_adapter, log_adapter
     from pipelines.behaviour.training import plot_losses, train_adapter
     from pipelines.tracking import git_revision
 
+    staged = _staged(settings, run_id)
     base = resolve_base_model(_settings_for(settings, request))
     tokenizer, model = load_tokenizer(base), load_model(base)
-    records = load_training_data(request.data_dir).train
+    records = load_training_data(staged.folder).train
     with _run(settings, run_id=run_id):
-        mlflow.set_tag("git_revision", git_revision(settings.project_dir))
+        mlflow.set_tags({"git_revision": git_revision(settings.project_dir),
+                         "train.read_sha256": staged.files[TRAIN_FILE]})  # fmt: skip
+        mlflow.log_metric("train_records", len(records))
 
         def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
             mlflow.log_metrics({"train_loss": loss, "train_tokens_per_s": tokens_per_s}, step=step)
@@ -164,27 +202,40 @@ def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) ->
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_losses(result.losses, Path(tmp) / "loss_curve.png")), "training")
         model_uri = log_adapter(result.model, tokenizer, base.path)
-        mlflow.set_tag("candidate.model_uri", model_uri)
+        # Hash what the store now holds: this is what registration records and every load checks.
+        digest = adapter_sha256(download_adapter(settings, model_uri))
+        mlflow.set_tags({"candidate.model_uri": model_uri, ADAPTER_HASH_TAG: digest})
     return model_uri
 
 
-def _reports(settings: Settings, request: RetrainRequest, model_uri: str) -> tuple[list[ModelReport], str | None]:
+def _reports(
+    settings: Settings, request: RetrainRequest, run_id: str, model_uri: str
+) -> tuple[list[ModelReport], str | None]:
     from peft import PeftModel
 
+    import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
     from pipelines.behaviour.dataset import load_training_data
     from pipelines.behaviour.evaluation import evaluate_model
-    from pipelines.behaviour.registry import CHAMPION, alias_version, download_adapter, version_source
+    from pipelines.behaviour.registry import (
+        ADAPTER_HASH_TAG,
+        CHAMPION,
+        alias_version,
+        download_adapter,
+        download_version,
+        verify_adapter,
+    )
 
-    data = load_training_data(request.data_dir)
+    # The registry first: when it cannot say who the champion is, fail before loading anything.
+    champion = alias_version(settings, CHAMPION)
+    data = load_training_data(_staged(settings, run_id).folder)
     base = resolve_base_model(_settings_for(settings, request))
     tokenizer = load_tokenizer(base)
-    model = PeftModel.from_pretrained(
-        load_model(base), str(download_adapter(settings, model_uri)), adapter_name="candidate"
-    )
-    champion = alias_version(settings, CHAMPION)
+    expected = mlflow.get_run(run_id).data.tags.get(ADAPTER_HASH_TAG)
+    candidate = verify_adapter(download_adapter(settings, model_uri), expected, f"candidate of run {run_id}")
+    model = PeftModel.from_pretrained(load_model(base), str(candidate), adapter_name="candidate")
     if champion is not None:
-        model.load_adapter(str(download_adapter(settings, version_source(settings, champion))), adapter_name=CHAMPION)
+        model.load_adapter(str(download_version(settings, champion) / "peft"), adapter_name=CHAMPION)
     model.eval()
     reports = []
     with model.disable_adapter():
@@ -200,7 +251,7 @@ def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str,
     import mlflow
     from pipelines.behaviour.evaluation import forgetting, summary_table
 
-    reports, champion = _reports(settings, request, model_uri)
+    reports, champion = _reports(settings, request, run_id, model_uri)
     by_role = {r.model: r for r in reports}
     with _run(settings, run_id=run_id):
         for report in reports:
@@ -226,10 +277,11 @@ def register_candidate(settings: Settings, run_id: str, model_uri: str, summary:
     from pipelines.behaviour.registry import CHALLENGER, move_alias, register
 
     run = mlflow.get_run(run_id)
-    lineage = {k: v for k, v in run.data.tags.items() if k.startswith(("data.", "base_model.", "airflow.", "git_"))}
+    prefixes = ("data.", "base_model.", "airflow.", "git_", "adapter.")
+    lineage = {k: v for k, v in run.data.tags.items() if k.startswith(prefixes)}
     candidate = summary.scores["candidate"]
     tags = {**lineage, "mlflow.run_id_source": run_id, **{f"eval.{k}": f"{v:.4f}" for k, v in candidate.items()}}
-    version = register(settings, model_uri, tags)
+    version = register(settings, model_uri, tags, run_id)
     move_alias(settings, CHALLENGER, version, actor=f"retrain run {run_id}", reason="new candidate from retraining")
     with _run(settings, run_id=run_id):
         mlflow.set_tags({"registered.version": version, "registered.model": settings.registered_model})
@@ -239,30 +291,82 @@ def register_candidate(settings: Settings, run_id: str, model_uri: str, summary:
 def decide_promotion(
     settings: Settings, request: RetrainRequest, run_id: str, version: str, summary: EvaluationSummary
 ) -> GateDecision:
-    """Apply the gate; with policy `auto` a passing challenger becomes champion, else the champion stays."""
+    """Apply the gate; with policy `auto` a passing challenger becomes champion, else the champion stays.
+
+    Before moving anything the champion is re-read: if it is not the one `evaluate` compared against, or
+    the yardstick differs from the one the champion was promoted on, a person decides (`holds`).
+    """
     import mlflow
-    from pipelines.behaviour.registry import promote, tag_version
+    from pipelines.behaviour.registry import CHAMPION, alias_version, promote, tag_version
 
     candidate, base = summary.gate_scores("candidate"), summary.gate_scores("base")
     assert candidate is not None and base is not None, "evaluation must score base and candidate"
     decision = decide(candidate, base, summary.gate_scores("champion"), request.thresholds)
-    promoted = decision.passed and request.policy is PromotionPolicy.AUTO
-    status = "promoted" if promoted else ("awaiting approval" if decision.passed else "rejected")
-    verdict = {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary()[:4000]}
-    tag_version(settings, version, {**verdict, "gate.policy": request.policy.value, "gate.status": status})
-    if promoted:
+    holds = []
+    current = alias_version(settings, CHAMPION)  # errors propagate: the task fails, nothing moves
+    if current != summary.champion_version:
+        holds.append(
+            f"champion moved during the run (v{summary.champion_version} at evaluate, v{current} now): "
+            "the comparison is stale, a person decides"
+        )
+    diff = _yardstick_diff(settings, run_id, summary.champion_version)
+    if diff["changed"]:
+        holds.append(f"yardstick changed since champion v{summary.champion_version} was promoted: {diff['summary']}")
+    outcome = promotion_outcome(decision.passed, request.policy, holds)
+    reasons = [*decision.reasons, *(f"HOLD: {h}" for h in holds)]
+    summary_text = ("PASSED: " if decision.passed else "FAILED: ") + "; ".join(reasons)
+    verdict = {"gate.passed": str(decision.passed).lower(), "gate.reasons": summary_text[:4000],
+               "gate.holds": "; ".join(holds)[:4000] or "none", "gate.yardstick": diff["status"]}  # fmt: skip
+    tag_version(settings, version, {**verdict, "gate.policy": request.policy.value, "gate.status": outcome.status})
+    if outcome.promoted:
         promote(settings, version, actor=f"retrain run {run_id} (policy auto)", reason=decision.summary()[:500])
     with _run(settings, run_id=run_id):
         mlflow.log_metrics(
-            {**decision.metrics, "gate.passed": float(decision.passed), "gate.promoted": float(promoted)}
+            {**decision.metrics, "gate.passed": float(decision.passed), "gate.promoted": float(outcome.promoted)}
         )
-        mlflow.log_dict(asdict(decision) | {"policy": request.policy.value, "promoted": promoted, "version": version},
-                        "gate/decision.json")  # fmt: skip
-        mlflow.set_tag(
-            "gate.status", "promoted" if promoted else ("awaiting approval" if decision.passed else "rejected")
-        )
-    log.info("gate for version %s: %s", version, decision.summary())
-    return replace(decision, metrics={**decision.metrics, "promoted": float(promoted)})
+        mlflow.log_dict(asdict(decision) | {"policy": request.policy.value, "promoted": outcome.promoted,
+                                            "holds": holds, "version": version}, "gate/decision.json")  # fmt: skip
+        mlflow.log_dict(diff, "gate/yardstick_diff.json")
+        mlflow.set_tags({"gate.status": outcome.status, "gate.holds": verdict["gate.holds"],
+                         "gate.yardstick": diff["status"]})  # fmt: skip
+    log.info("gate for version %s: %s (%s)", version, summary_text, outcome.status)
+    return replace(decision, reasons=reasons, metrics={**decision.metrics, "promoted": float(outcome.promoted)})
+
+
+def _yardstick_diff(settings: Settings, run_id: str, champion: str | None) -> dict[str, Any]:
+    """How this run's eval + OOD sets differ from the champion's (fail closed: an unknown yardstick is a change)."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+    from pipelines.behaviour.registry import RUN_TAG, _client
+
+    staged = _staged(settings, run_id)
+    new = staged.yardstick_sha256
+    if champion is None:
+        return {"status": "no champion", "changed": False, "summary": "no champion to compare with", "new": new}
+    found = _client(settings).get_model_version(settings.registered_model, champion)
+    tags = found.tags
+    old = tags.get("data.yardstick_sha256")
+    if old == new:
+        return {"status": "same", "changed": False, "summary": f"same eval/OOD sets ({new[:12]})", "new": new}
+    files: dict[str, Any] = {}
+    champion_run = tags.get(RUN_TAG) or tags.get("mlflow.run_id_source") or found.run_id
+    for name in YARDSTICK_FILES:
+        before: str | None = None
+        if champion_run:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=champion_run, artifact_path=f"{YARDSTICK_ARTIFACTS}/{name}"
+                )
+                before = Path(path).read_text()
+            except (MlflowException, OSError) as err:  # the diff is then by hash only; the hold stands regardless
+                log.warning("no %s of champion run %s to diff against: %s", name, champion_run, err)
+        after = (staged.folder / name).read_text()
+        files[name] = {"old_sha256": tags.get(f"data.{name.split('.')[0]}_sha256"), "new_sha256": staged.files[name],
+                       **(record_diff(before, after) if before is not None else {"records": "unknown"})}  # fmt: skip
+    changed = [n for n, f in files.items() if f["old_sha256"] != f["new_sha256"]]
+    short = ", ".join(_diff_line(n, files[n]) for n in changed) or "champion records no yardstick hash"
+    return {"status": "changed", "changed": True, "summary": short, "old": old, "new": new, "files": files}
 
 
 @dataclass(frozen=True)
@@ -275,8 +379,17 @@ class RetrainOutcome:
     summary: EvaluationSummary
 
 
+def _diff_line(name: str, diff: Mapping[str, Any]) -> str:
+    if "added" not in diff:
+        return f"{name}: differs (records unknown)"
+    return f"{name}: +{len(diff['added'])} -{len(diff['removed'])} ~{len(diff['changed'])} records"
+
+
 def run_retrain(settings: Settings, request: RetrainRequest, tags: Mapping[str, str] | None = None) -> RetrainOutcome:
     """All steps in one process (the CLI path; the DAG runs the same steps as tasks)."""
+    from pipelines.behaviour.registry import audit_champion
+
+    audit_champion(settings)
     run_id = validate_data(settings, request, tags)
     version_data(settings, run_id)
     model_uri = train_candidate(settings, request, run_id)

@@ -17,9 +17,13 @@ from typing import Any
 
 from pipelines.behaviour.dataset import InstructionRecord, TrainingData
 from pipelines.behaviour.house_format import ANSWER_PATTERN, parse_answer, words
-from pipelines.failures import TrainingDataInvalid
 
 ALLOWED_ROLES = ["user,assistant", "system,user,assistant"]
+# A training question or answer whose word 3-grams overlap an eval question's or answer's this much
+# (Jaccard) is a near-duplicate: it would teach the test. The shipped sample's closest pair is 0.28;
+# one word changed in a 15-word sentence still scores 0.63.
+SHINGLE_WORDS = 3
+NEAR_DUPLICATE_JACCARD = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ REASONS = {
     "expect_column_values_to_match_regex:answer": "answer not in the house format",
     "expect_column_values_to_be_in_set:citations_exist": "answer cites a source that is not in the context",
     "expect_column_values_to_not_match_regex_list": "contains PII or a secret",
-    "expect_column_values_to_be_in_set:leaks_eval": "training record overlaps an eval record (leakage)",
+    "expect_column_values_to_be_in_set:leaks_eval": "training record overlaps an eval record, exactly or nearly "
+    "(leakage)",
 }
 
 
@@ -91,7 +96,30 @@ def _normal(text: str) -> str:
     return " ".join(words(text))
 
 
-def _row(record: InstructionRecord, split: str, tokenizer: Any, eval_keys: set[str]) -> dict[str, Any]:
+def shingles(text: str, size: int = SHINGLE_WORDS) -> frozenset[str]:
+    """The word n-grams of a text (the text itself when shorter than n words)."""
+    parts = words(text)
+    return frozenset(" ".join(parts[i : i + size]) for i in range(max(1, len(parts) - size + 1)))
+
+
+def near_duplicate(text: str, references: Sequence[frozenset[str]], threshold: float = NEAR_DUPLICATE_JACCARD) -> bool:
+    """Whether `text` shares at least `threshold` (Jaccard) of its word n-grams with any reference."""
+    mine = shingles(text)
+    return any(len(mine & other) / len(mine | other) >= threshold for other in references if mine | other)
+
+
+@dataclass(frozen=True)
+class _EvalIndex:
+    keys: set[str]  # normalised eval questions and answers (exact copies)
+    shingles: list[frozenset[str]]  # their word n-grams (near copies)
+
+    def overlaps(self, question: str, answer: str) -> bool:
+        if {_normal(question), _normal(answer)} & self.keys:
+            return True
+        return near_duplicate(question, self.shingles) or near_duplicate(answer, self.shingles)
+
+
+def _row(record: InstructionRecord, split: str, tokenizer: Any, eval_index: _EvalIndex) -> dict[str, Any]:
     from pipelines.behaviour.house_format import chat_messages
     from pipelines.behaviour.training import _ids
 
@@ -113,16 +141,24 @@ def _row(record: InstructionRecord, split: str, tokenizer: Any, eval_keys: set[s
         "citations_exist": bool(parsed and parsed.labels and set(parsed.labels) <= labels),
         "content_key": f"{_normal(question)} || {_normal(answer)}",
         "text": "\n".join([m.content for m in record.messages] + [c.text for c in record.contexts]),
-        "leaks_eval": split == "train" and bool({_normal(question), _normal(answer)} & eval_keys),
+        "leaks_eval": split == "train" and eval_index.overlaps(question, answer),
     }
+
+
+def _turns(record: InstructionRecord) -> list[str]:
+    try:
+        return [record.question, record.reference]
+    except StopIteration:  # malformed: the roles check reports it
+        return []
 
 
 def _frame(data: TrainingData, tokenizer: Any) -> Any:
     import pandas as pd
 
-    eval_keys = {_normal(r.question) for r in data.eval} | {_normal(r.reference) for r in data.eval}
-    rows = [_row(r, "train", tokenizer, eval_keys) for r in data.train]
-    rows += [_row(r, "eval", tokenizer, eval_keys) for r in data.eval]
+    texts = [t for r in data.eval for t in _turns(r)]
+    eval_index = _EvalIndex({_normal(t) for t in texts}, [shingles(t) for t in texts])
+    rows = [_row(r, "train", tokenizer, eval_index) for r in data.train]
+    rows += [_row(r, "eval", tokenizer, eval_index) for r in data.eval]
     return pd.DataFrame(rows)
 
 

@@ -36,3 +36,13 @@ def test_a_candidate_worse_than_the_champion_fails() -> None:
 def test_beating_the_champion_on_every_rule_passes() -> None:
     better = Scores(0.70, 1.0, 0.9, 3.02)
     assert decide(better, BASE, GOOD, GateThresholds()).passed
+
+
+def test_a_passing_candidate_held_by_a_moved_champion_or_a_new_yardstick_waits_for_a_person() -> None:
+    from pipelines.behaviour.gate import PromotionPolicy, promotion_outcome
+
+    held = promotion_outcome(True, PromotionPolicy.AUTO, ["yardstick changed since champion v1 was promoted"])
+    assert (held.status, held.promoted) == ("awaiting approval", False)
+    assert promotion_outcome(True, PromotionPolicy.AUTO, []).promoted
+    assert promotion_outcome(False, PromotionPolicy.AUTO, ["x"]).status == "rejected"
+    assert promotion_outcome(True, PromotionPolicy.MANUAL, []).status == "awaiting approval"
