@@ -82,14 +82,14 @@ def main() -> None:
         base_report = evaluate_model("base", peft_model, tokenizer, data.eval, data.ood, evaluation)
     reports = [base_report, evaluate_model("candidate", peft_model, tokenizer, data.eval, data.ood, evaluation)]
     try:
-        from pipelines.behaviour.registry import CHAMPION, alias_version, download_adapter, version_source
+        from pipelines.behaviour.registry import CHAMPION, alias_version, download_version
 
         champion = alias_version(settings, CHAMPION)
     except Exception as err:  # no tracking server running: the table has no champion row
         print(f"(no champion evaluated: {type(err).__name__})")
         champion = None
     if champion:
-        peft_model.load_adapter(str(download_adapter(settings, version_source(settings, champion))), CHAMPION)
+        peft_model.load_adapter(str(download_version(settings, champion) / "peft"), CHAMPION)  # hash-verified
         peft_model.set_adapter(CHAMPION)
         reports.append(evaluate_model(CHAMPION, peft_model, tokenizer, data.eval, data.ood, evaluation))
     table = summary_table(reports)
