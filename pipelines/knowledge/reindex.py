@@ -37,7 +37,7 @@ from pipelines.knowledge.embedding import Embedder, VectorCache
 from pipelines.knowledge.evaluation import Baseline, GateDecision, evaluate_retrieval, gate, load_golden
 from pipelines.knowledge.manifest import IndexManifest, IndexPlan, ManifestCorrupt, change_share, plan_update
 from pipelines.knowledge.retrieval import Retriever
-from pipelines.knowledge.validation import ValidationLimits, enforce, validate_documents
+from pipelines.knowledge.validation import enforce, validate_documents, validation_limits
 from pipelines.settings import Settings
 from pipelines.tracking import airflow_tags, run_url, tracked_run
 
@@ -96,12 +96,6 @@ def _run_dir(settings: Settings, run_id: str) -> Path:
     return settings.state_dir / "runs" / run_id
 
 
-def _limits(settings: Settings) -> ValidationLimits:
-    return ValidationLimits(
-        settings.min_text_chars, settings.max_text_chars, settings.max_invalid_share, tuple(settings.pii_patterns)
-    )
-
-
 def stage_documents(path: Path, documents: Sequence[Document]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
@@ -125,7 +119,7 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
     tags = {"pipeline": "reindex_documents", "documents.location": settings.documents_location}
     with tracked_run(settings, settings.reindex_experiment, tags={**tags, **airflow_tags(context)}) as run:
         run_dir = _run_dir(settings, run.info.run_id)
-        report = validate_documents(documents, problems, _limits(settings), docs_dir=run_dir / "gx")
+        report = validate_documents(documents, problems, validation_limits(settings), docs_dir=run_dir / "gx")
         report_path = report.write(settings.quarantine_dir / f"{run.info.run_id}.json")
         mlflow.log_artifact(str(report_path), "validation")
         if report.data_docs_dir and Path(report.data_docs_dir).exists():
