@@ -9,9 +9,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from pipelines.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the CLI imports heavy modules only in the command that needs them
+    from pipelines.airflow_api import FinishedRun
+    from pipelines.behaviour.answering import Answer
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, Handler] = {}
@@ -157,25 +161,54 @@ DEMO_QUESTION = "How can AI agents transform retail banking operations?"
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    """The main job, through the running Airflow: re-index, retrain, promote, answer."""
+    """The main job, through the running Airflow: re-index, retrain, promote, answer; then a summary."""
+    import time
+
     from pipelines.airflow_api import AirflowApi
 
+    started = time.monotonic()
     api = AirflowApi(settings)
-    print("1/3 reindex_documents: validate, version, index and evaluate the documents")
-    api.run_and_wait("reindex_documents", {"full_rebuild": False}, timeout_s=1800)
     steps = args.steps or settings.lora_steps
-    print(f"2/3 retrain_lora: train a LoRA adapter ({steps} steps), evaluate, register, promote (auto)")
-    api.run_and_wait("retrain_lora", {"steps": steps, "promotion_policy": "auto"}, timeout_s=3600)
+    lora = f"train a LoRA adapter ({steps} steps), evaluate, register, promote (auto)"
+    plan: list[tuple[str, dict[str, object], float, str]] = [
+        ("reindex_documents", {"full_rebuild": False}, 1800, "validate, version, index and evaluate the documents"),
+        ("retrain_lora", {"steps": steps, "promotion_policy": "auto"}, 3600, lora),
+    ]
+    runs: list[FinishedRun] = []
+    for number, (dag_id, conf, timeout_s, what) in enumerate(plan, start=1):
+        print(f"{number}/3 {dag_id}: {what}")
+        runs.append(api.run_and_wait(dag_id, conf, timeout_s=timeout_s))
+        if runs[-1].state != "success":  # nothing downstream runs on a failed step
+            _print_demo_summary(settings, runs, None, time.monotonic() - started)
+            return 1
     print(f"3/3 ask: {args.question}")
     from pipelines.behaviour.answering import ask
 
     answer = ask(settings, args.question)
-    print(json.dumps(asdict(answer), indent=2, default=str))
-    print(f"\nAirflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
+    _print_demo_summary(settings, runs, answer, time.monotonic() - started)
+    return 0
+
+
+def _print_demo_summary(settings: Settings, runs: list[FinishedRun], answer: Answer | None, elapsed_s: float) -> None:
+    """What ran (run ids, states, times), where to look at it, and the answer."""
+
+    def minutes(seconds: float) -> str:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+    print(f"\n== Demo summary: {minutes(elapsed_s)} wall time ==")
+    for run in runs:
+        print(f"{run.dag_id:18s} {run.state:8s} {minutes(run.duration_s):>12s}  run {run.run_id}")
+        print(f"    Airflow run: {run.url}")
+        print(f"    {run.note or f'MLflow run: not noted; see experiment {run.dag_id} in the MLflow UI'}")
+    if answer is not None:
+        print(f"ask ({answer.model}): {answer.question}")
+        print(f"    {answer.text}")
+        for c in answer.citations:
+            print(f"    [{c.label}] {c.title[:70]}  ({c.doc_id}, chunk {c.chunk_id})")
+    print(f"Airflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
           f"{settings.airflow_admin_password}) - DAG runs and task logs")  # fmt: skip
     print(f"MLflow UI  : {settings.tracking_uri}  - experiments reindex_documents, retrain_lora; "
           f"model {settings.registered_model} @champion")  # fmt: skip
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
