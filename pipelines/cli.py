@@ -205,10 +205,12 @@ def _print_demo_summary(settings: Settings, runs: list[FinishedRun], answer: Ans
         print(f"    {answer.text}")
         for c in answer.citations:
             print(f"    [{c.label}] {c.title[:70]}  ({c.doc_id}, chunk {c.chunk_id})")
-    print(f"Airflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
-          f"{settings.airflow_admin_password}) - DAG runs and task logs")  # fmt: skip
-    print(f"MLflow UI  : {settings.tracking_uri}  - experiments reindex_documents, retrain_lora; "
-          f"model {settings.registered_model} @champion")  # fmt: skip
+    login = f"login {settings.airflow_admin_user} / {settings.airflow_admin_password}"
+    print(f"Airflow UI : {settings.airflow_url}  ({login}) - DAG runs and task logs")
+    print(
+        f"MLflow UI  : {settings.tracking_uri}  - experiments reindex_documents, retrain_lora; "
+        f"model {settings.registered_model} @champion"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

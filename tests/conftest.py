@@ -30,8 +30,8 @@ for var in (
 ):
     os.environ.pop(var, None)
 # Ports may be overridden so that two test sessions can run side by side.
-for var, port in (("WEAVIATE_HTTP_PORT", 18090), ("WEAVIATE_GRPC_PORT", 50061), ("MLFLOW_PORT", 15050),
-                  ("AIRFLOW_PORT", 18080)):  # fmt: skip
+DEFAULT_PORTS = {"WEAVIATE_HTTP_PORT": 18090, "WEAVIATE_GRPC_PORT": 50061, "MLFLOW_PORT": 15050, "AIRFLOW_PORT": 18080}
+for var, port in DEFAULT_PORTS.items():
     os.environ.setdefault(var, str(port))
 os.environ.update(
     PIPELINES_STATE_DIR=str(TEST_STATE / "stack"),
