@@ -6,7 +6,9 @@ a tool `make test-deps` should have installed is missing).
 
 from __future__ import annotations
 
+import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,13 +34,17 @@ SUITE = {
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+def suite(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
     """A tests/ folder with the project's conftest and one file per tier."""
     pytester.makeconftest(CONFTEST.read_text())
     for name, body in SUITE.items():
         (pytester.path / name).parent.mkdir(parents=True, exist_ok=True)
         (pytester.path / name).write_text(textwrap.dedent(body))
-    return pytester
+    # The conftest points the environment at a state folder of its own: give this session's back.
+    environ = dict(os.environ)
+    yield pytester
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def test_fast_tier_deselects_service_folders_and_tests_that_use_the_stack(
