@@ -12,7 +12,6 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 
-
 @contextmanager
 def fail_fast() -> Iterator[None]:
     """Turn deterministic failures into AirflowFailException so the task is not retried."""

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     weaviate_settle_s: float = Field(default=6.0, alias="WEAVIATE_SETTLE_S")
     collection_alias: str = Field(default="Documents", alias="WEAVIATE_COLLECTION")
     delete_page_size: int = Field(default=500, alias="WEAVIATE_DELETE_PAGE_SIZE")
+    write_page_size: int = Field(default=500, alias="WEAVIATE_WRITE_PAGE_SIZE")
     collections_to_keep: int = Field(default=3, alias="WEAVIATE_COLLECTIONS_TO_KEEP")
 
     # MLflow: unset URI means the local tracking server that `up` starts.
@@ -95,8 +96,14 @@ class Settings(BaseSettings):
     golden_dir: Path | None = Field(default=None, alias="GOLDEN_DIR")
     vector_cache_file: Path | None = Field(default=None, alias="VECTOR_CACHE_PATH")
 
-    # Retrieval quality gate: a run may fall at most this far below the last accepted one.
+    # Retrieval quality gate: a run may fall at most this far below the last accepted run and below
+    # the pinned reference run (`pipelines pin-reference`; default: the first accepted run).
     retrieval_tolerance: float = Field(default=0.02, alias="RETRIEVAL_TOLERANCE")
+    # Knowledge layer, fail closed: a run that would delete or rewrite more than this share of the
+    # live documents stops before writing unless triggered with `allow_mass_change`.
+    max_change_share: float = Field(default=0.2, alias="MAX_CHANGE_SHARE")
+    # Fault injection for tests/reliability only (pipelines.faults): comma-separated crash points.
+    crash_at: str = Field(default="", alias="PIPELINES_CRASH_AT")
 
     # LoRA retraining (dags/retrain_lora.py): CPU-friendly defaults, unchanged on a GPU.
     lora_steps: int = Field(default=120, alias="LORA_STEPS")
