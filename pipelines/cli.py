@@ -135,7 +135,11 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     t = answer.timings
     print(f"model {answer.model} | retrieval {t.retrieval_s * 1000:.0f} ms, generation {t.generation_s * 1000:.0f} ms"
           f" (model load {t.model_load_s:.1f} s)")  # fmt: skip
-    return 0 if answer.follows_format else 1
+    if not answer.grounded:
+        print("(not supported by any retrieved source: do not rely on this answer)", file=sys.stderr)
+    elif answer.relabelled:
+        print(f"(sources corrected: the model wrote {answer.raw.rsplit('Sources:', 1)[-1].strip()})")
+    return 0 if answer.follows_format and answer.grounded else 1
 
 
 def _drop(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,9 +2,15 @@
 
 The model is the base model plus the adapter that `models:/<name>@champion` points
 at (the base alone when there is no champion), loaded only after its files match the
-sha256 recorded at registration (IntegrityError otherwise). Citations map the labels the model
-wrote back to the chunks that were really retrieved; a label that names no
-retrieved chunk is dropped and counted, never invented.
+sha256 recorded at registration (IntegrityError otherwise).
+
+Citations are checked against the text the model was shown: a cited chunk must hold at
+least `MIN_SUPPORT` of the answer's content words (the evaluation's grounding rule). A small
+adapter often copies the right chunk but writes the wrong label; then the retrieved chunk
+that does support the answer is cited instead (`relabelled`, the model's output kept in
+`raw`). An answer no retrieved chunk supports is marked `grounded=False`, never passed off.
+Citations map the labels the model wrote back to the chunks that were really retrieved;
+a label that names no retrieved chunk is dropped and counted, never invented.
 """
 
 from __future__ import annotations
@@ -15,11 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.behaviour.house_format import ContextChunk, best_window, chat_messages, parse_answer
+from pipelines.behaviour.house_format import (
+    ContextChunk,
+    ParsedAnswer,
+    best_window,
+    chat_messages,
+    check_grounding,
+    format_answer,
+    parse_answer,
+)
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 CONTEXT_WORDS = 30  # as in training: the adapter learnt the format on contexts of this size
+MIN_SUPPORT = 0.8  # share of the answer's content words a cited chunk must contain (EvalConfig.min_support)
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,8 @@ class Answer:
     retrieved: list[str] = field(default_factory=list)  # chunk ids, in prompt order
     unknown_labels: list[int] = field(default_factory=list)
     contexts: list[ContextChunk] = field(default_factory=list)  # what the model was shown, [label] -> text
+    grounded: bool = False  # a cited chunk supports the answer
+    relabelled: bool = False  # the model's labels did not support it; the supporting chunk is cited instead
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,23 @@ def cite(raw: str, hits: Sequence[Any]) -> tuple[list[Citation], list[int], bool
     return citations, [n for n in parsed.labels if not 1 <= n <= len(hits)], True
 
 
+def supporting_labels(answer: str, labels: Sequence[int], contexts: Sequence[ContextChunk]) -> tuple[list[int], bool]:
+    """The labels whose chunk supports `answer`: the model's own when any do, else any shown chunk that does.
+
+    Returns (labels, relabelled); an empty list when no shown chunk supports the answer.
+    """
+
+    def supports(label: int) -> bool:
+        parsed = ParsedAnswer(answer, (label,))
+        return check_grounding(parsed, contexts, MIN_SUPPORT).grounded
+
+    own = [label for label in labels if supports(label)]
+    if own:
+        return own, False
+    others = [c.label for c in contexts if supports(c.label)]
+    return others, bool(others)
+
+
 def ask(settings: Settings, question: str, k: int | None = None, user_groups: Sequence[str] = ()) -> Answer:
     """Answer `question` from the live index with the champion model, citing the chunks used."""
     from pipelines.behaviour.evaluation import generate
@@ -144,6 +178,12 @@ def ask(settings: Settings, question: str, k: int | None = None, user_groups: Se
     raw = texts[0].strip()
     citations, unknown, ok = cite(raw, hits)
     parsed = parse_answer(raw)
+    grounded = relabelled = False
+    if parsed is not None:
+        labels, relabelled = supporting_labels(parsed.answer, parsed.labels, contexts)
+        grounded = bool(labels)
+        if relabelled:
+            citations, _, _ = cite(format_answer(parsed.answer, labels), hits)
     return Answer(
         question=question,
         text=parsed.answer if parsed else raw,
@@ -155,4 +195,6 @@ def ask(settings: Settings, question: str, k: int | None = None, user_groups: Se
         retrieved=[h.chunk_id for h in hits],
         unknown_labels=unknown,
         contexts=contexts,
+        grounded=grounded,
+        relabelled=relabelled,
     )

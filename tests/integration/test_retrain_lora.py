@@ -214,8 +214,15 @@ def test_ask_follows_the_house_format_and_cites_a_retrieved_chunk_that_supports_
     from tests_support import sample_reports, write_reports
 
     from pipelines.behaviour.answering import ask
-    from pipelines.behaviour.house_format import ParsedAnswer, check_grounding, content_words, parse_answer
+    from pipelines.behaviour.house_format import (
+        ContextChunk,
+        ParsedAnswer,
+        check_grounding,
+        content_words,
+        parse_answer,
+    )
     from pipelines.knowledge.reindex import run_reindex
+    from pipelines.knowledge.retrieval import search
 
     write_reports(kb.data_dir / "documents", sample_reports(6))
     assert run_reindex(kb, embedder=embedder).accepted
@@ -229,11 +236,14 @@ def test_ask_follows_the_house_format_and_cites_a_retrieved_chunk_that_supports_
     assert answer.follows_format and parsed is not None and answer.citations, answer.raw
     assert not answer.unknown_labels, "every cited label must be a retrieved chunk"
     assert {c.chunk_id for c in answer.citations} <= set(answer.retrieved)
-    # Support: the answer's content words come from the text of a chunk it cites (the chunk as shown
-    # to the model), the house rule the evaluation's grounding uses.
-    shown = {c.label: c for c in answer.contexts}
+    # Support, checked against the chunks as stored in Weaviate (not the prompt `ask` built): the answer's
+    # content words must come from the text of a chunk it cites, the house rule evaluation grounds on.
+    stored = {hit.chunk_id: hit.text for hit in search(settings, question, k=len(answer.retrieved))}
     support = {
-        c.label: check_grounding(ParsedAnswer(parsed.answer, (c.label,)), [shown[c.label]]).support
+        c.chunk_id: check_grounding(
+            ParsedAnswer(answer.text, (1,)), [ContextChunk(1, c.chunk_id, "", stored[c.chunk_id])]
+        ).support
         for c in answer.citations
     }
-    assert content_words(parsed.answer) and max(support.values()) >= SUPPORT, (support, answer.raw)
+    assert content_words(answer.text) and max(support.values()) >= SUPPORT, (support, answer.raw)
+    assert answer.grounded
