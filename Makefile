@@ -44,6 +44,7 @@ test: setup test-deps  ## the whole test suite, both tiers, against real service
 bench: setup      ## benchmarks; results printed and saved under bench/results/
 	@$(VENV)/python bench/reindex.py
 	@$(VENV)/python bench/train.py
+	@$(VENV)/python bench/lora_quality.py
 
 lint:             ## ruff (lint + format check) and mypy; `make format` fixes what ruff can
 	@$(VENV)/ruff check pipelines dags tests bench && $(VENV)/ruff format --check pipelines dags tests bench && $(VENV)/mypy

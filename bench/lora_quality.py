@@ -1,0 +1,85 @@
+"""Quality of the shipped LoRA defaults: base model vs candidate, reported, not asserted.
+
+    python bench/lora_quality.py [--steps N] [--learning-rate LR] [--top-layers N] [--eval-items N]
+
+Trains SmolLM2-135M-Instruct (or BASE_MODEL) with exactly what a `retrain_lora` run uses (settings'
+LORA_* defaults; flags override them for a quick check) and scores base and candidate with the DAG's
+`evaluate_model` on the held-out questions and the out-of-domain texts. About 12 min on two CPU cores
+with the defaults. Prints the table, the forgetting and the training time, and writes the raw numbers to
+bench/results/lora_quality.json. `tests/model` asserts the same behaviours on a shorter run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
+from pipelines.behaviour.dataset import load_training_data
+from pipelines.behaviour.evaluation import evaluate_model, forgetting, summary_table
+from pipelines.behaviour.retrain import RetrainRequest
+from pipelines.behaviour.training import train_adapter
+from pipelines.settings import get_settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, help="optimizer steps (default LORA_STEPS)")
+    parser.add_argument("--learning-rate", type=float, help="default LORA_LEARNING_RATE")
+    parser.add_argument("--top-layers", type=int, help="adapt only the top N layers, 0 = all (default LORA_TOP_LAYERS)")
+    parser.add_argument("--eval-items", type=int, help="held-out questions per model (default EVAL_ITEMS)")
+    args = parser.parse_args()
+    settings = get_settings()
+    request = RetrainRequest.from_settings(
+        settings, {"steps": args.steps, "learning_rate": args.learning_rate, "eval_items": args.eval_items}
+    )
+    train = request.train if args.top_layers is None else replace(request.train, top_layers=args.top_layers)
+    data = load_training_data(request.data_dir)
+    base = resolve_base_model(settings)
+    tokenizer, model = load_tokenizer(base), load_model(base)
+
+    before = evaluate_model("base", model, tokenizer, data.eval, data.ood, request.evaluation)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = train_adapter(model, tokenizer, data.train, train)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    after = evaluate_model("candidate", result.model, tokenizer, data.eval, data.ood, request.evaluation)
+
+    rise, gain = forgetting(after, before), after.rouge_l - before.rouge_l
+    print(summary_table([before, after]))
+    print(f"ROUGE-L gain over base: {gain:+.3f} (gate: >= {request.thresholds.min_gain_over_base})")
+    print(f"forgetting (OOD cross-entropy vs base): {rise:+.2%} (gate: <= {request.thresholds.max_forgetting:.0%})")
+    print(f"training: {train.total_steps(len(data.train))} steps, {wall:.0f} s wall, {cpu:.0f} s CPU")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "lora_quality.json"
+    out.write_text(
+        json.dumps(
+            {
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+                "base_model": request.base_model,
+                "train_config": asdict(train),
+                "eval_config": asdict(request.evaluation),
+                "thresholds": asdict(request.thresholds),
+                "train_wall_s": wall,
+                "train_cpu_s": cpu,
+                "train_tokens_per_s": result.tokens_per_s,
+                "losses": result.losses,
+                "rouge_l_gain": gain,
+                "forgetting": rise,
+                "metrics": {**before.metrics(), **after.metrics()},
+                "items": [asdict(i) for i in before.items + after.items],
+            },
+            indent=2,
+        )
+    )
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
