@@ -99,13 +99,15 @@ class IndexManifest:
         """Write atomically: a crash mid-write never leaves a half manifest."""
         return self.write(self.path_for(directory, self.collection))
 
-    def write(self, path: Path) -> Path:
+    def write(self, path: Path, durable: bool = True) -> Path:
+        """Write atomically (temp file + rename); `durable` also waits until it is on disk."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         with tmp.open("w") as out:
             out.write(json.dumps(asdict(self), ensure_ascii=False))
-            out.flush()
-            os.fsync(out.fileno())  # the manifest is the commit point: it must be on disk before we act on it
+            if durable:  # the live manifest is the commit point: it must be on disk before we act on it
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
         return path
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,16 @@ def vectors_for(chunks: Sequence[Chunk], embedder: Embedder, cache: VectorCache)
     return vectors, len(missing)
 
 
+@contextmanager
+def _client(settings: Settings, client: Any = None) -> Iterator[Any]:
+    """The caller's Weaviate client, or a new connection for this call."""
+    if client is not None:
+        yield client
+    else:
+        with idx.connect(settings) as own:
+            yield own
+
+
 def _read_run_inputs(run_dir: Path) -> tuple[list[Document], dict[str, list[str] | None], list[str], dict[str, str]]:
     documents = read_staged(run_dir / "documents.jsonl")
     raw_quarantined = json.loads((run_dir / "quarantined.json").read_text())
@@ -317,11 +328,11 @@ def _guard_mass_change(
     import mlflow
 
     share = change_share(plan, live_documents)
+    if share <= settings.max_change_share or allow_mass_change:
+        return share  # logged with the index step's other numbers
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
         mlflow.log_params({"allow_mass_change": allow_mass_change, "max_change_share": settings.max_change_share})
         mlflow.log_metric("change_share", share)
-        if share <= settings.max_change_share or allow_mass_change:
-            return share
         mlflow.set_tags({"gate": "refused_mass_change"})
     examples = ", ".join((plan.deleted_docs + plan.changed_docs)[:5])
     raise MassChangeRefused(
@@ -337,6 +348,7 @@ def index_step(
     full_rebuild: bool = False,
     embedder: Embedder | None = None,
     allow_mass_change: bool = False,
+    client: Any = None,
 ) -> IndexResult:
     """Stage the update as a generation readers do not see yet: in the live collection, or a new one (full)."""
     import mlflow
@@ -348,7 +360,7 @@ def index_step(
     cache = VectorCache(settings.vector_cache_path)
     timings: dict[str, float] = {}
     repairs: dict[str, int] = {}
-    with idx.connect(settings) as client:
+    with _client(settings, client) as client:
         started = time.perf_counter()
         dropped = _drop_unfinished(settings, client)
         live = idx.alias_target(client, settings.collection_alias)
@@ -377,7 +389,7 @@ def index_step(
             # A rebuild replaces what readers have just the same: judge it against the live manifest.
             guard_plan = plan_update(documents, previous, chunker, quarantined, unreadable) if previous else plan
         live_documents = len(previous.documents) if previous else 0
-        _guard_mass_change(settings, run_id, guard_plan, live_documents, allow_mass_change)
+        share = _guard_mass_change(settings, run_id, guard_plan, live_documents, allow_mass_change)
         timings["plan_and_chunk"] = time.perf_counter() - started
         crash_point(settings, "after_plan")
         try:
@@ -404,15 +416,17 @@ def index_step(
         plan.manifest.generation = generation
         plan.manifest.pending_moves = dict(plan.to_move)
         plan.manifest.data_version = {"run_id": run_id, **version}
-        plan.manifest.write(run_dir / CANDIDATE)
+        plan.manifest.write(run_dir / CANDIDATE, durable=False)  # lost in a crash: the run simply failed
     counts = {**plan.counts(), "collections_dropped": len(dropped), **{f"reconcile_{k}": v for k, v in repairs.items()}}
     mode = "incremental" if incremental else "full"
     result = IndexResult(collection, mode, counts, timings, embedded, generation, generation - 1 if incremental else 0)
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
         mlflow.log_params({"mode": result.mode, "collection": collection, "embedding_model": embedder.signature,
-                           "chunk_tokens": chunker.chunk_tokens, "chunk_overlap": chunker.overlap_tokens})  # fmt: skip
+                           "chunk_tokens": chunker.chunk_tokens, "chunk_overlap": chunker.overlap_tokens,
+                           "allow_mass_change": allow_mass_change,
+                           "max_change_share": settings.max_change_share})  # fmt: skip
         mlflow.log_metrics({**{k: float(v) for k, v in counts.items()}, "chunks_embedded": float(embedded),
-                            **{f"time_{k}_s": v for k, v in timings.items()}})  # fmt: skip
+                            "change_share": share, **{f"time_{k}_s": v for k, v in timings.items()}})  # fmt: skip
         if rebuild_reason:
             mlflow.set_tag("full_rebuild_reason", rebuild_reason[:500])
         mlflow.log_dict(asdict(result), "index/result.json")
@@ -421,7 +435,9 @@ def index_step(
     return result
 
 
-def commit_index(settings: Settings, run_id: str, result: IndexResult) -> tuple[str | None, list[str]]:
+def commit_index(
+    settings: Settings, run_id: str, result: IndexResult, client: Any = None
+) -> tuple[str | None, list[str]]:
     """Make the staged generation what readers see; returns (alias target, dropped old versions).
 
     The manifest written to `manifest_dir` is the commit point: a crash after it rolls forward
@@ -430,7 +446,7 @@ def commit_index(settings: Settings, run_id: str, result: IndexResult) -> tuple[
     manifest = IndexManifest.read(_run_dir(settings, run_id) / CANDIDATE)
     if manifest is None:
         raise idx.IndexingError(f"run {run_id} staged no manifest; was its index step run?")
-    with idx.connect(settings) as client:
+    with _client(settings, client) as client:
         crash_point(settings, "before_commit")
         if result.mode == "full":
             manifest.save(settings.manifest_dir)
@@ -449,16 +465,17 @@ def commit_index(settings: Settings, run_id: str, result: IndexResult) -> tuple[
         crash_point(settings, "after_publish")
         _collect_retired(client, result.collection, manifest.generation, settings.delete_page_size,
                          after_page=lambda _n: crash_point(settings, "mid_gc"))  # fmt: skip
-        idx.update_positions(client, result.collection, manifest.pending_moves)
-        crash_point(settings, "before_moves_cleared")
-        manifest.pending_moves = {}
-        manifest.save(settings.manifest_dir)
+        if manifest.pending_moves:
+            idx.update_positions(client, result.collection, manifest.pending_moves)
+            crash_point(settings, "before_moves_cleared")
+            manifest.pending_moves = {}
+            manifest.save(settings.manifest_dir)
         return idx.alias_target(client, settings.collection_alias), []
 
 
-def discard_index(settings: Settings, result: IndexResult) -> None:
+def discard_index(settings: Settings, result: IndexResult, client: Any = None) -> None:
     """Undo a staged generation the gate rejected: the live collection is left exactly as it was."""
-    with idx.connect(settings) as client:
+    with _client(settings, client) as client:
         if result.mode == "full":  # never swapped in; remove so it cannot be rolled back to by mistake
             client.collections.delete(result.collection)
             IndexManifest.path_for(settings.manifest_dir, result.collection).unlink(missing_ok=True)
@@ -569,16 +586,22 @@ def evaluate_step(
     settings: Settings, run_id: str, result: IndexResult, embedder: Embedder | None = None
 ) -> ReindexReport:
     """Measure the staged generation, gate it, and commit it (readers switch) or discard it (nothing changes)."""
-    import mlflow
-
     waited = wait_until_settled(settings, run_id)
     golden = load_golden(settings.golden_set_dir)
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
-    with idx.connect(settings) as client:
+    with idx.connect(settings) as client:  # one connection: measure, then commit or discard
         retriever = Retriever(client, embedder, result.collection, settings.hybrid_alpha, result.generation)
         report = evaluate_retrieval(retriever, golden)
+        return _gate_and_apply(settings, run_id, result, report, waited, client)
+
+
+def _gate_and_apply(
+    settings: Settings, run_id: str, result: IndexResult, report: Any, waited: float, client: Any
+) -> ReindexReport:
+    import mlflow
+
     metrics = report.flat()
-    metrics["golden_queries"] = float(len(golden.queries))
+    metrics["golden_queries"] = float(len(report.per_query.get("hybrid", {})))
     metrics["time_settle_wait_s"] = waited
     lat = sorted(report.latencies_ms)
     metrics["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat else 0.0
@@ -591,10 +614,10 @@ def evaluate_step(
         target: str | None = None
         dropped: list[str] = []
         if decision.passed:
-            target, dropped = commit_index(settings, run_id, result)
+            target, dropped = commit_index(settings, run_id, result, client)
             mlflow.set_tags({"gate": "accepted", "alias_target": str(target), "generation": str(result.generation)})
         else:
-            discard_index(settings, result)
+            discard_index(settings, result, client)
             mlflow.set_tag("gate", "rejected")
         plot = plot_history(settings, _run_dir(settings, run_id) / "retrieval_history.png")
         if plot:
