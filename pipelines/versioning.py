@@ -68,8 +68,13 @@ def clear_stale_locks(repo_dir: Path) -> list[str]:
         if removed:
             rwlock.write_text(json.dumps(locks))
     except (ValueError, KeyError, TypeError, AttributeError):
-        rwlock.unlink()
-        removed.append("torn rwlock file")
+        import time
+
+        # DVC rewrites the file in place: a live process may be mid-write. Only a torn file nobody
+        # touched for a minute is a dead process's leftover.
+        if time.time() - rwlock.stat().st_mtime > 60:
+            rwlock.unlink()
+            removed.append("torn rwlock file")
     return removed
 
 

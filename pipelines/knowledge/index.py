@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -315,9 +316,24 @@ def point_alias(client: Any, alias: str, collection: str) -> str | None:
 
 
 def versions(client: Any, alias: str) -> list[str]:
-    """Versioned collections of this alias, oldest first."""
-    prefix = f"{alias}_"
-    return sorted(name for name in client.collections.list_all(simple=True) if name.startswith(prefix))
+    """Versioned collections of this alias (named by `new_collection_name`), oldest first."""
+    ours = re.compile(rf"^{re.escape(alias)}_\d{{8}}T\d{{12}}$")  # never a hand-made `Documents_archive`
+    return sorted(name for name in client.collections.list_all(simple=True) if ours.match(name))
+
+
+def live_document_ids(client: Any, collection: str) -> set[str]:
+    """Document ids readers of `collection` can see (one scan of the `doc_id` property)."""
+    generation = live_generation(client, collection)
+    target = client.collections.use(collection)
+    visible = visible_filter(generation)
+    if visible is None:
+        return {str(o.properties["doc_id"]) for o in target.iterator(return_properties=["doc_id"])}
+    ids: set[str] = set()
+    for obj in target.iterator(return_properties=["doc_id", "gen_from", "gen_to"]):
+        gen_from, gen_to = int(obj.properties.get("gen_from") or 0), int(obj.properties.get("gen_to") or 0)
+        if gen_from <= (generation or 0) and (gen_to == 0 or gen_to > (generation or 0)):
+            ids.add(str(obj.properties["doc_id"]))
+    return ids
 
 
 def accepted_versions(client: Any, alias: str) -> list[str]:

@@ -109,6 +109,12 @@ class IndexManifest:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, path)
+        if durable:  # the rename itself must survive a power loss too
+            handle = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
         return path
 
 

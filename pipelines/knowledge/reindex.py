@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,11 +268,8 @@ def reconcile(settings: Settings, client: Any, collection: str, manifest: IndexM
         damaged = [d for d, e in manifest.documents.items() if any(c.uuid in missing for c in e.chunks)]
         log.warning("%d chunks of %d documents are missing from %s; re-writing them", len(missing), len(damaged),
                     collection)  # fmt: skip
-        for doc_id in damaged:
+        for doc_id in damaged:  # re-planned as new: all their chunks are written again as the next generation
             del manifest.documents[doc_id]
-        # The chunks of those documents that did survive are now orphans of the repaired manifest.
-        survivors = sorted(present & expected - manifest.chunk_ids)
-        idx.delete_objects(client, collection, survivors, settings.delete_page_size)
         found["missing_chunks"] = len(missing)
     changed = {k: v for k, v in found.items() if v}
     if changed:
@@ -386,9 +383,19 @@ def index_step(
             collection, generation = idx.new_collection_name(settings.collection_alias), 1
             base = IndexManifest(collection, embedder.signature, chunker.signature())
             plan = plan_update(documents, base, chunker, quarantined, unreadable)
-            # A rebuild replaces what readers have just the same: judge it against the live manifest.
-            guard_plan = plan_update(documents, previous, chunker, quarantined, unreadable) if previous else plan
+            # A rebuild replaces what readers have just the same: judge it against the live manifest. Kept
+            # (quarantined or unreadable) documents are not carried into a new collection: they count as deleted.
+            if previous is not None:
+                guard_plan = plan_update(documents, previous, chunker, quarantined, unreadable)
+                guard_plan.deleted_docs = [*guard_plan.deleted_docs, *guard_plan.kept_docs]
+            else:
+                guard_plan = plan
         live_documents = len(previous.documents) if previous else 0
+        if previous is None and live is not None:  # manifest lost or corrupt: ask Weaviate what readers have
+            live_ids = idx.live_document_ids(client, live)
+            present = {d.id for d in documents}
+            guard_plan = replace(plan, deleted_docs=sorted(live_ids - present), changed_docs=[])
+            live_documents = len(live_ids)
         share = _guard_mass_change(settings, run_id, guard_plan, live_documents, allow_mass_change)
         timings["plan_and_chunk"] = time.perf_counter() - started
         crash_point(settings, "after_plan")
@@ -400,8 +407,9 @@ def index_step(
             cache.close()
         started = time.perf_counter()
         if not incremental:
+            # Generation 0 until the commit: even a direct query of the new collection sees nothing unevaluated.
             idx.create_collection(client, collection, {"run_id": run_id, **version, "state": idx.BUILDING,
-                                                       "generation": generation})  # fmt: skip
+                                                       "generation": 0})  # fmt: skip
         point = "mid_write" if incremental else "full_mid_write"
         idx.upsert_chunks(client, collection, plan.to_write, vectors, generation, settings.write_page_size,
                           after_page=lambda _n: crash_point(settings, point))  # fmt: skip
@@ -448,6 +456,7 @@ def commit_index(
         raise idx.IndexingError(f"run {run_id} staged no manifest; was its index step run?")
     with _client(settings, client) as client:
         crash_point(settings, "before_commit")
+        _check_still_staged(settings, client, result)
         if result.mode == "full":
             manifest.save(settings.manifest_dir)
             idx.update_description(client, result.collection, **manifest.data_version, state=idx.ACCEPTED,
@@ -473,9 +482,31 @@ def commit_index(
         return idx.alias_target(client, settings.collection_alias), []
 
 
+def _check_still_staged(settings: Settings, client: Any, result: IndexResult) -> None:
+    """Refuse to commit or discard a staged generation that is no longer the one waiting (a re-run task).
+
+    A cleared `evaluate` of an old run must neither undo a generation that was committed since, nor
+    publish a stale candidate over a newer one.
+    """
+    if result.mode == "full":
+        if idx.describe(client, result.collection).get("state") == idx.ACCEPTED or result.collection == (
+            idx.alias_target(client, settings.collection_alias)
+        ):
+            raise idx.IndexingError(f"{result.collection} was already accepted; nothing to commit or discard")
+        return
+    committed = IndexManifest.load(settings.manifest_dir, result.collection)
+    if committed is None or committed.generation != result.live_generation:
+        found = None if committed is None else committed.generation
+        raise idx.IndexingError(
+            f"{result.collection} is at generation {found}, not {result.live_generation} as when this run staged "
+            f"generation {result.generation}: another run committed since; re-run the whole DAG run instead"
+        )
+
+
 def discard_index(settings: Settings, result: IndexResult, client: Any = None) -> None:
     """Undo a staged generation the gate rejected: the live collection is left exactly as it was."""
     with _client(settings, client) as client:
+        _check_still_staged(settings, client, result)
         if result.mode == "full":  # never swapped in; remove so it cannot be rolled back to by mistake
             client.collections.delete(result.collection)
             IndexManifest.path_for(settings.manifest_dir, result.collection).unlink(missing_ok=True)
@@ -590,7 +621,8 @@ def evaluate_step(
     golden = load_golden(settings.golden_set_dir)
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
     with idx.connect(settings) as client:  # one connection: measure, then commit or discard
-        retriever = Retriever(client, embedder, result.collection, settings.hybrid_alpha, result.generation)
+        retriever = Retriever(client, embedder, result.collection, settings.hybrid_alpha, result.generation,
+                              enforce_acl=False)  # fmt: skip
         report = evaluate_retrieval(retriever, golden)
         return _gate_and_apply(settings, run_id, result, report, waited, client)
 

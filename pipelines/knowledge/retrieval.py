@@ -54,7 +54,13 @@ class Retriever:
     """Holds one Weaviate client and the query encoder for repeated searches."""
 
     def __init__(
-        self, client: Any, embedder: Embedder, collection: str, default_alpha: float, generation: int | None = None
+        self,
+        client: Any,
+        embedder: Embedder,
+        collection: str,
+        default_alpha: float,
+        generation: int | None = None,
+        enforce_acl: bool = True,
     ) -> None:
         self.client = client
         self.embedder = embedder
@@ -63,6 +69,9 @@ class Retriever:
         # None: whatever generation is live at each query (readers). A number: that generation
         # exactly (the gate measuring a staged, not yet visible, update).
         self.generation = generation
+        # The retrieval gate measures the index as a whole (every ACL): otherwise tightening a
+        # document's ACL would read as a quality drop, and the gate would keep the looser version live.
+        self.enforce_acl = enforce_acl
 
     def search(
         self,
@@ -76,12 +85,15 @@ class Retriever:
         """Top-k chunks for `query`; `mode` is hybrid, vector or bm25."""
         from weaviate.classes.query import HybridFusion, MetadataQuery
 
-        target = self.client.collections.use(self.collection)
-        generation = idx.live_generation(self.client, self.collection) if self.generation is None else self.generation
-        where = access_filter(user_groups, filters)
+        # Resolve the alias once: the generation read and the query must name the same collection,
+        # or an alias moved in between would apply one collection's generation to another.
+        name = idx.alias_target(self.client, self.collection) or self.collection
+        target = self.client.collections.use(name)
+        generation = idx.live_generation(self.client, name) if self.generation is None else self.generation
+        where = access_filter(user_groups, filters) if self.enforce_acl else None
         visible = idx.visible_filter(generation)
         if visible is not None:
-            where = where & visible
+            where = visible if where is None else where & visible
         metadata = MetadataQuery(score=True, distance=True)
         if mode == "bm25":
             result = target.query.bm25(

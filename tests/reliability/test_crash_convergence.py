@@ -77,8 +77,12 @@ def test_killed_incremental_run_converges_after_one_clean_run(kb: Settings, embe
     rows = sample_reports(N_REPORTS)
     write_reports(docs, with_acl(rows, ["hr"]))
     assert run_reindex(settings, embedder=embedder).accepted
-    # The killed run loosens every document's ACL by mistake (every chunk is rewritten)...
-    write_reports(docs, with_acl(rows, ["hr", "everyone"]))
+    if point == "before_moves_cleared":  # needs chunks that only move: a paragraph put in front of one report
+        moved = with_acl(rows, ["hr"])
+        moved[1]["text"] = "A new opening paragraph.\n\n" + moved[1]["text"]
+        write_reports(docs, moved)
+    else:  # the killed run loosens every document's ACL by mistake (every chunk is rewritten)...
+        write_reports(docs, with_acl(rows, ["hr", "everyone"]))
     crashed = killed_run(settings, point, "--allow-mass-change")
     assert crashed.returncode == -9, f"the run was not killed at {point}:\n{crashed.stderr[-3000:]}"
     # ...which is then fixed, and one document is edited, before one normal run.

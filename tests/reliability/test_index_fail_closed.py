@@ -57,14 +57,20 @@ def test_rejected_incremental_run_leaves_the_live_collection_identical(indexed: 
     rows[0]["text"] = f"{marker} " + rows[0]["text"].replace(". ", f". {marker}. ")  # every chunk of one doc changes
     write_reports(_docs_dir(indexed), rows)
     seen: list[str] = []
+    queries: list[float] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
 
     def reader() -> None:  # a reader querying the live index all through the run
-        with idx.connect(indexed) as client:
-            retriever = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha)
-            while not stop.is_set():
-                seen.extend(h.text for h in retriever.search(marker, k=3, mode="bm25"))
-                time.sleep(0.01)
+        try:
+            with idx.connect(indexed) as client:
+                retriever = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha)
+                while not stop.is_set():
+                    seen.extend(h.text for h in retriever.search(marker, k=3, mode="bm25"))
+                    queries.append(time.time())
+                    time.sleep(0.01)
+        except BaseException as err:  # noqa: BLE001 - reported below: a dead reader checks nothing
+            errors.append(err)
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -75,6 +81,8 @@ def test_rejected_incremental_run_leaves_the_live_collection_identical(indexed: 
     finally:
         stop.set()
         thread.join()
+    assert not errors, f"the reader failed: {errors[0]!r}"
+    assert len(queries) > 50, "the reader ran too few queries to observe the run"
     assert not [t for t in seen if marker in t], "a reader was served a chunk of the rejected run"
     assert snapshot_collection(indexed) == before, "ids or properties of the live collection changed"
     assert manifest_path.read_text() == manifest_before
@@ -124,27 +132,36 @@ def test_drop_that_leaves_one_of_42_documents_is_refused_before_writing(
     assert snapshot_collection(whole_corpus) == before
 
 
-def test_gate_compares_with_the_pinned_reference_so_quality_cannot_drift_down(
+def test_gate_compares_with_the_reference_run_so_quality_cannot_drift_down(
     indexed: Settings, embedder: Embedder
 ) -> None:
     import mlflow
 
-    reference = pin_reference(indexed)
-    tolerance = 0.15  # the kb fixture's tolerance
-    # Each run loses a little (one report's text replaced by filler), less than the tolerance per run.
-    rows = sample_reports(N_REPORTS)
-    scores = [mlflow.get_run(reference).data.metrics["hybrid_ndcg_at_10"]]
-    with pytest.raises(QualityGateFailed, match="reference run"):
-        for i in range(N_REPORTS):
-            rows[i]["text"] = "Filler paragraph about nothing in particular. " * 20
-            write_reports(_docs_dir(indexed), rows)
-            scores.append(run_reindex(indexed, embedder=embedder).metrics["hybrid_ndcg_at_10"])
-    # Every accepted run was within the tolerance of the previous one, but not of the reference.
-    assert all(b >= a - tolerance for a, b in zip(scores, scores[1:], strict=False))
-    assert scores[-1] < scores[0]
+    first_run = mlflow.search_runs(experiment_names=[indexed.reindex_experiment], output_format="list")[0]
+    # A bad day that a lenient operator let through: every report's title and text replaced by filler.
+    filler = [{**row, "title": f"Memo {i}", "text": "Filler about nothing in particular. " * 30}
+              for i, row in enumerate(sample_reports(N_REPORTS))]  # fmt: skip
+    write_reports(_docs_dir(indexed), filler)
+    lenient = indexed.model_copy(update={"retrieval_tolerance": 1.0})
+    worse = run_reindex(lenient, embedder=embedder, allow_mass_change=True)
+    drop = first_run.data.metrics["hybrid_ndcg_at_10"] - worse.metrics["hybrid_ndcg_at_10"]
+    assert worse.accepted and drop > 0.05
+    # The next run changes nothing: it equals the last accepted run, yet the gate holds it against the
+    # reference (by default the first accepted run), so the earlier slide cannot become the new normal.
+    strict = indexed.model_copy(update={"retrieval_tolerance": drop / 2})
+    with pytest.raises(QualityGateFailed) as failed:
+        run_reindex(strict, embedder=embedder)
+    fell = [reason for reason in str(failed.value).split("; ") if " fell from " in reason]
+    assert fell and all(f"(reference run {first_run.info.run_id})" in reason for reason in fell)
+    # A person who accepts the new level pins it as the reference; then the same run passes.
+    assert pin_reference(indexed, worse.run_id) == worse.run_id
+    assert run_reindex(strict, embedder=embedder).accepted
 
 
 def test_unreadable_file_deletes_nothing(indexed: Settings, embedder: Embedder) -> None:
+    for row in sample_reports(N_REPORTS + 6)[N_REPORTS:]:  # other files beside the JSONL, as in any real corpus
+        (_docs_dir(indexed) / f"{row['_id']}.md").write_text(f"# {row['title']}\n\n{row['text']}")
+    assert run_reindex(indexed, embedder=embedder).accepted
     before = snapshot_collection(indexed)
     path = _docs_dir(indexed) / "reports.jsonl"
     raw = path.read_bytes()
@@ -167,3 +184,24 @@ def test_corrupt_manifest_triggers_a_logged_full_rebuild(indexed: Settings, embe
     assert report.accepted and report.index.mode == "full"
     assert mlflow.get_run(report.run_id).data.tags["full_rebuild_reason"].startswith("corrupt manifest")
     assert set(snapshot_collection(indexed)) == live_manifest(indexed).chunk_ids
+
+
+def test_stricter_acl_takes_effect_even_when_the_new_version_is_quarantined(
+    indexed: Settings, embedder: Embedder
+) -> None:
+    docs = _docs_dir(indexed)
+    (docs / "plans.md").write_text("# Reorg plans\n\nThe Brindlewood office merges into finance next spring.")
+    assert run_reindex(indexed, embedder=embedder).accepted
+    assert any(p["doc_id"] == "plans.md" for p in snapshot_collection(indexed).values())
+    # The owner restricts it to hr, and the same edit trips the secret check: the new version is quarantined.
+    (docs / "plans.md").write_text(
+        "---\nacl: [hr]\n---\n# Reorg plans\n\nThe Brindlewood office merges into finance. password: hunter2-very-secret"
+    )
+    report = run_reindex(indexed, embedder=embedder)
+    assert report.accepted and report.index.counts["docs_withdrawn_acl"] == 1
+    assert not any(p["doc_id"] == "plans.md" for p in snapshot_collection(indexed).values())
+    with idx.connect(indexed) as client:
+        hits = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha).search(
+            "Brindlewood office merges", k=5, user_groups=["finance"]
+        )
+    assert "plans.md" not in {h.doc_id for h in hits}
