@@ -195,7 +195,8 @@ def test_stricter_acl_takes_effect_even_when_the_new_version_is_quarantined(
     assert any(p["doc_id"] == "plans.md" for p in snapshot_collection(indexed).values())
     # The owner restricts it to hr, and the same edit trips the secret check: the new version is quarantined.
     (docs / "plans.md").write_text(
-        "---\nacl: [hr]\n---\n# Reorg plans\n\nThe Brindlewood office merges into finance. password: hunter2-very-secret"
+        "---\nacl: [hr]\n---\n# Reorg plans\n\nThe Brindlewood office merges into finance. "
+        "password: hunter2-very-secret"
     )
     report = run_reindex(indexed, embedder=embedder)
     assert report.accepted and report.index.counts["docs_withdrawn_acl"] == 1
