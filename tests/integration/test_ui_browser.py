@@ -124,7 +124,8 @@ def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
         _shot(page, artifacts_dir, "04-run-succeeded")
         assert state == "success", f"{run_id} ended {state}; see {artifacts_dir}/ui-04-run-succeeded.png"
         run = api.call("GET", f"/dags/reindex_documents/dagRuns/{run_id}")
-        assert run["conf"] == {"full_rebuild": True}
+        # The form sends every param: the ticked one, and the mass-change override left unticked.
+        assert run["conf"] == {"full_rebuild": True, "allow_mass_change": False}
         # The run's note (on its page) links the MLflow run the tasks logged to.
         assert (run.get("note") or "").startswith(f"MLflow run: {stack.tracking_uri}/#/experiments/"), run.get("note")
         page.get_by_text("MLflow run:").first.wait_for()
@@ -154,7 +155,8 @@ def _champion_model(settings: Settings) -> tuple[str, str]:
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="adapter", python_model=_echo_model(), pip_requirements=["mlflow"])
     version = registry.register(ui, info.model_uri, {"source": "test_ui_browser"})
-    registry.promote(ui, version, "test_ui_browser", "UI check")
+    # An echo model has no gate verdict: making it champion is an override, recorded with its reason.
+    registry.promote(ui, version, "test_ui_browser", "UI check of an ungated echo model", override=True)
     return ui.registered_model, version
 
 
