@@ -79,7 +79,9 @@ def test_killed_incremental_run_converges_after_one_clean_run(kb: Settings, embe
     assert run_reindex(settings, embedder=embedder).accepted
     if point == "before_moves_cleared":  # needs chunks that only move: a paragraph put in front of one report
         moved = with_acl(rows, ["hr"])
-        moved[1]["text"] = "A new opening paragraph.\n\n" + moved[1]["text"]
+        # Long enough (> min_tokens) to be a chunk of its own, so every later chunk only moves.
+        opening = "A new opening paragraph on the outlook for the coming quarter. " * 6
+        moved[1]["text"] = f"{opening.strip()}\n\n" + moved[1]["text"]
         write_reports(docs, moved)
     else:  # the killed run loosens every document's ACL by mistake (every chunk is rewritten)...
         write_reports(docs, with_acl(rows, ["hr", "everyone"]))
