@@ -22,6 +22,8 @@ def _env_for(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
         "REINDEX_EXPERIMENT": settings.reindex_experiment,
         "VECTOR_CACHE_PATH": settings.vector_cache_path,
         "RETRIEVAL_TOLERANCE": settings.retrieval_tolerance,
+        # The stack's key file lives in the stack's state folder, not the knowledge base's.
+        "WEAVIATE_API_KEY_FILE": settings.weaviate_api_key_file,
     }.items():
         monkeypatch.setenv(var, str(value))
     get_settings.cache_clear()

@@ -152,9 +152,9 @@ def _champion_model(settings: Settings) -> tuple[str, str]:
     ui = settings.model_copy(update={"registered_model": f"{settings.registered_model}-ui-check"})
     configure(ui)
     mlflow.set_experiment("ui-check")
-    with mlflow.start_run():
+    with mlflow.start_run() as run:
         info = mlflow.pyfunc.log_model(name="adapter", python_model=_echo_model(), pip_requirements=["mlflow"])
-    version = registry.register(ui, info.model_uri, {"source": "test_ui_browser"})
+    version = registry.register(ui, info.model_uri, {"source": "test_ui_browser"}, run.info.run_id)
     # An echo model has no gate verdict: making it champion is an override, recorded with its reason.
     registry.promote(ui, version, "test_ui_browser", "UI check of an ungated echo model", override=True)
     return ui.registered_model, version
