@@ -96,10 +96,17 @@ def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
         page.goto(stack.airflow_url + "/dags")
         for dag_id in ("reindex_documents", "retrain_lora", "ingest_drops"):
             page.get_by_role("link", name=dag_id, exact=True).wait_for()
-        text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
-        # Asset-or-time schedules show their asset; the watcher shows @continuous.
-        for schedule in ("@continuous", "documents", "training_data"):
-            assert schedule in text, f"schedule {schedule!r} not shown on the DAG list"
+        # Asset-or-time schedules show their asset; the watcher shows @continuous. The list fills in the
+        # asset names after the DAGs (a second request), so look again for a while before failing.
+        wanted, missing = ("@continuous", "documents", "training_data"), ["not looked yet"]
+        deadline = time.monotonic() + 60
+        while missing and time.monotonic() < deadline:
+            page.wait_for_timeout(2000)
+            text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
+            missing = [schedule for schedule in wanted if schedule not in text]
+            if missing:
+                page.reload()
+        assert not missing, f"schedules {missing} not shown on the DAG list"
         _shot(page, artifacts_dir, "02-dag-list")
 
         page.goto(stack.airflow_url + "/dags/reindex_documents")
