@@ -136,11 +136,11 @@ def update_description(client: Any, collection: str, **fields: Any) -> dict[str,
 
 
 def live_generation(client: Any, collection: str) -> int | None:
-    """The generation readers of `collection` (or the alias) see; None for a collection without generations.
+    """The generation readers of `collection` (a collection, not the alias) see; None if it has no generations.
 
     A service error raises: a reader that cannot tell what is live must not guess.
     """
-    target = alias_target(client, collection) or collection
+    target = collection  # callers resolve the alias once and query that same collection
     config = client.collections.use(target).config.get()
     value = _parse_description(target, config.description).get("generation")
     if value is None:

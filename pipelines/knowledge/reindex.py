@@ -236,7 +236,9 @@ def _load_live_manifest(settings: Settings, live: str | None) -> tuple[IndexMani
     return manifest, None
 
 
-def reconcile(settings: Settings, client: Any, collection: str, manifest: IndexManifest) -> dict[str, int]:
+def reconcile(
+    settings: Settings, client: Any, collection: str, manifest: IndexManifest, readers_at: int | None = None
+) -> dict[str, int]:
     """Make the collection hold exactly the manifest's chunks, visible at its generation.
 
     Finishes a committed run's clean-up and undoes everything an uncommitted one left (a crash,
@@ -245,7 +247,7 @@ def reconcile(settings: Settings, client: Any, collection: str, manifest: IndexM
     filtered deletes and one id-only scan.
     """
     found: dict[str, int] = {}
-    readers_at = idx.live_generation(client, collection)
+    readers_at = idx.live_generation(client, collection) if readers_at is None else readers_at
     if readers_at is None:
         raise idx.IndexingError(f"{collection} predates generations")
     if readers_at > manifest.generation:
@@ -365,10 +367,10 @@ def index_step(
         if previous is not None and live is not None and not full_rebuild:
             if not previous.compatible_with(embedder.signature, chunker):
                 rebuild_reason = "embedding model or chunker changed"
-            elif idx.live_generation(client, live) is None:
+            elif (readers_at := idx.live_generation(client, live)) is None:
                 rebuild_reason = f"{live} predates generations"
             else:
-                repairs = reconcile(settings, client, live, previous)
+                repairs = reconcile(settings, client, live, previous, readers_at)
         incremental = not full_rebuild and rebuild_reason is None and previous is not None
         timings["reconcile"] = time.perf_counter() - started
         if rebuild_reason:

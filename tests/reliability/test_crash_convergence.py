@@ -8,6 +8,7 @@ its document's ACL, and no collection a killed rebuild left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,8 +34,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
         if field.alias and value is not None:
-            env[field.alias] = value if isinstance(value, str) else (
-                str(value) if isinstance(value, Path | int | float) else __import__("json").dumps(value))  # fmt: skip
+            # pydantic-settings reads lists and dicts from JSON, everything else from its text.
+            env[field.alias] = json.dumps(value) if isinstance(value, list | dict) else str(value)
     env.update(extra)
     return env
 
