@@ -6,6 +6,11 @@ answer is one extracted sentence followed by the labels it relied on:
     Answer: <a sentence taken from the cited source>
     Sources: [2]
 
+When no source holds the answer, the house answer says so and cites nothing:
+
+    Answer: The sources do not answer this question.
+    Sources: none
+
 Because the format is this strict, compliance is a regex and grounding is
 checkable: a cited label must exist in the prompt and the answer's words must
 appear in the cited text. The base model does not write this on its own; the
@@ -19,7 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SYSTEM_PROMPT = "You answer business questions using only the numbered sources you are given."
-ANSWER_PATTERN = re.compile(r"^Answer: (?P<answer>[^\n]+)\nSources: (?P<sources>\[\d+\](?:, ?\[\d+\])*)\s*$")
+ANSWER_PATTERN = re.compile(r"^Answer: (?P<answer>[^\n]+)\nSources: (?P<sources>none|\[\d+\](?:, ?\[\d+\])*)\s*$")
+# The abstention form: the fixed sentence, and `Sources: none` (a model may word the refusal a little differently).
+ABSTENTION = "The sources do not answer this question."
+NO_SOURCES = "none"
+_ABSTAINS = re.compile(r"\b(?:sources?|context)s? (?:do|does) not (?:answer|say|contain|mention)", re.IGNORECASE)
 _LABEL = re.compile(r"\[(\d+)\]")
 _WORD = re.compile(r"[a-z0-9]+(?:['’.][a-z0-9]+)*")
 # Function words carry no evidence: an answer is "supported" by the content words it shares with its source.
@@ -90,8 +99,19 @@ def chat_messages(question: str, contexts: Sequence[ContextChunk], answer: str |
 
 
 def format_answer(sentence: str, labels: Sequence[int]) -> str:
-    """Write an answer in the house format."""
-    return f"Answer: {sentence.strip()}\nSources: {', '.join(f'[{n}]' for n in labels)}"
+    """Write an answer in the house format (no labels: the abstention's `Sources: none`)."""
+    sources = ", ".join(f"[{n}]" for n in labels) or NO_SOURCES
+    return f"Answer: {sentence.strip()}\nSources: {sources}"
+
+
+def abstention_answer() -> str:
+    """The house answer when no source holds the answer."""
+    return format_answer(ABSTENTION, [])
+
+
+def is_abstention(answer: str) -> bool:
+    """Whether an answer text says the sources do not hold the answer."""
+    return bool(_ABSTAINS.search(answer))
 
 
 def parse_answer(text: str) -> ParsedAnswer | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.behaviour.dataset import InstructionRecord, TrainingData
-from pipelines.behaviour.house_format import ANSWER_PATTERN, parse_answer, words
+from pipelines.behaviour.house_format import ANSWER_PATTERN, abstention_answer, is_abstention, parse_answer, words
 
 ALLOWED_ROLES = ["user,assistant", "system,user,assistant"]
 # A training question or answer whose word 3-grams overlap an eval question's or answer's this much
@@ -138,7 +138,10 @@ def _row(record: InstructionRecord, split: str, tokenizer: Any, eval_index: _Eva
         "shortest_turn": min((len(m.content.strip()) for m in record.messages), default=0),
         "tokens": len(_ids(tokenizer.apply_chat_template(chat))),
         "answer": answer,
-        "citations_exist": bool(parsed and parsed.labels and set(parsed.labels) <= labels),
+        # An abstention cites nothing (`Sources: none`); any other answer must cite shown sources only.
+        "citations_exist": bool(
+            parsed and set(parsed.labels) <= labels and (parsed.labels or is_abstention(parsed.answer))
+        ),
         "content_key": f"{_normal(question)} || {_normal(answer)}",
         "text": "\n".join([m.content for m in record.messages] + [c.text for c in record.contexts]),
         "leaks_eval": split == "train" and eval_index.overlaps(question, answer),
@@ -155,7 +158,8 @@ def _turns(record: InstructionRecord) -> list[str]:
 def _frame(data: TrainingData, tokenizer: Any) -> Any:
     import pandas as pd
 
-    texts = [t for r in data.eval for t in _turns(r)]
+    # The abstention sentence is the same in every set by design: it is a format, not a leaked answer.
+    texts = [t for r in data.eval for t in _turns(r) if t != abstention_answer()]
     eval_index = _EvalIndex({_normal(t) for t in texts}, [shingles(t) for t in texts])
     rows = [_row(r, "train", tokenizer, eval_index) for r in data.train]
     rows += [_row(r, "eval", tokenizer, eval_index) for r in data.eval]
