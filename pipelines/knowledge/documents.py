@@ -263,7 +263,7 @@ def parse_text(doc_id: str, raw: bytes, context: FileContext = FileContext()) ->
 
 
 def parse_html(doc_id: str, raw: bytes, context: FileContext = FileContext()) -> Document:
-    """Visible text of an HTML page; `<meta name="acl">` and canonical link are honoured."""
+    """Main text of an HTML page; `<meta name="acl">` and canonical link are honoured."""
     from bs4 import BeautifulSoup
 
     decoded, ok = _decode(raw)
@@ -280,8 +280,22 @@ def parse_html(doc_id: str, raw: bytes, context: FileContext = FileContext()) ->
     canonical = soup.find("link", attrs={"rel": "canonical"})
     source_url = str(canonical.get("href", "")) if canonical else ""
     body = soup.body or soup
-    text = re.sub(r"\n\s*\n+", "\n\n", body.get_text("\n")).strip()
+    visible = re.sub(r"\n\s*\n+", "\n\n", body.get_text("\n")).strip()
+    text = main_content(decoded) or visible
     return Document(doc_id, title, text, "html", acl.groups, source_url, ok, acl_problem=acl.problem)
+
+
+def main_content(html: str) -> str:
+    """The page's main text as markdown (navigation, cookie banners, share bars, footers left out).
+
+    trafilatura's extractor, offline. Empty when it finds no main content (a tiny or odd page): the
+    caller then keeps all visible text rather than lose the page; shared chrome left in it is cut
+    later across documents (`pipelines.knowledge.boilerplate`).
+    """
+    import trafilatura
+
+    extracted = trafilatura.extract(html, output_format="markdown", include_comments=False, include_tables=True)
+    return (extracted or "").strip()
 
 
 @contextmanager

@@ -32,6 +32,7 @@ import numpy as np
 from pipelines.failures import MassChangeRefused, QualityGateFailed
 from pipelines.faults import crash_point
 from pipelines.knowledge import index as idx
+from pipelines.knowledge.boilerplate import CleaningReport, boilerplate_rule, remove_boilerplate
 from pipelines.knowledge.chunking import Chunk, ChunkerConfig
 from pipelines.knowledge.documents import Document, load_documents, load_options
 from pipelines.knowledge.embedding import Embedder, VectorCache
@@ -90,6 +91,7 @@ class ReindexReport:
 
 WRITTEN_AT = "written_at"  # file in the run folder: when the index step last wrote to Weaviate
 CANDIDATE = "candidate_manifest.json"  # file in the run folder: the manifest the run commits if accepted
+CLEANING = "cleaning.json"  # file in the run folder: what boilerplate removal cut, per document
 REFERENCE_TAG = "retrieval.reference_run_id"  # experiment tag: the run a person pinned as reference
 
 
@@ -117,9 +119,12 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
     import mlflow
 
     documents, problems = load_documents(settings.documents_location, load_options(settings))
+    # Before validation: a document cleaned to nothing is quarantined there, with a reason, never dropped.
+    documents, cleaning = remove_boilerplate(documents, boilerplate_rule(settings))
     tags = {"pipeline": "reindex_documents", "documents.location": settings.documents_location}
     with tracked_run(settings, settings.reindex_experiment, tags={**tags, **airflow_tags(context)}) as run:
         run_dir = _run_dir(settings, run.info.run_id)
+        log_cleaning(run_dir, cleaning)
         report = validate_documents(documents, problems, validation_limits(settings), docs_dir=run_dir / "gx")
         report_path = report.write(settings.quarantine_dir / f"{run.info.run_id}.json")
         mlflow.log_artifact(str(report_path), "validation")
@@ -144,6 +149,19 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
         url = run_url(settings, run.info.experiment_id, run.info.run_id)
         log.info("validated: %s; MLflow run: %s", report.summary(), url)
         return str(run.info.run_id)
+
+
+def log_cleaning(run_dir: Path, cleaning: CleaningReport) -> None:
+    """Record what boilerplate removal cut: per-document counts as an artifact, totals as metrics."""
+    import mlflow
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CLEANING
+    path.write_text(json.dumps(cleaning.as_dict(), ensure_ascii=False, indent=1))
+    mlflow.log_artifact(str(path), "cleaning")
+    mlflow.log_params({f"boilerplate_{k}": v for k, v in cleaning.rule.items()})
+    mlflow.log_metrics({k: float(v) for k, v in cleaning.totals().items()})
+    log.info("boilerplate removal: %s", cleaning.totals())
 
 
 def version_step(settings: Settings, run_id: str) -> dict[str, str]:
@@ -428,6 +446,9 @@ def index_step(
         plan.manifest.data_version = {"run_id": run_id, **version}
         plan.manifest.write(run_dir / CANDIDATE, durable=False)  # lost in a crash: the run simply failed
     counts = {**plan.counts(), "collections_dropped": len(dropped), **{f"reconcile_{k}": v for k, v in repairs.items()}}
+    if (run_dir / CLEANING).exists():  # the run's summary shows what boilerplate removal cut
+        cleaning = json.loads((run_dir / CLEANING).read_text())
+        counts.update({k: int(v) for k, v in cleaning.items() if k.startswith("boilerplate_")})
     mode = "incremental" if incremental else "full"
     result = IndexResult(collection, mode, counts, timings, embedded, generation, generation - 1 if incremental else 0)
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):

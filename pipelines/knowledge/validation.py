@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.failures import ValidationFailed
+from pipelines.knowledge.boilerplate import REMOVED_CHARS_KEY
 from pipelines.knowledge.documents import DEFAULT_ACL_GROUP_PATTERN, PUBLIC, SUPPORTED_TYPES, Document, LoadProblem
 from pipelines.settings import Settings
 
@@ -176,6 +177,9 @@ REASONS = {
 def _reason(kind: str, column: str | None, document: Document) -> str:
     if column == "acl_problem":
         return f"ACL: {document.acl_problem}"
+    removed = document.metadata.get(REMOVED_CHARS_KEY)
+    if column == "text_length" and removed:  # say so when the cleaning, not the source, emptied it
+        return f"text empty, too short or too long after boilerplate removal cut {removed} characters"
     return REASONS.get(f"{kind}:{column}") or REASONS.get(kind) or kind
 
 
