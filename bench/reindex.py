@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import stack
+from pipelines.devstack import stack
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.chunking import chunk_document
 from pipelines.knowledge.documents import Document, load_documents

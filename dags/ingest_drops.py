@@ -28,8 +28,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, dag, get_current_context, task
 
-from pipelines.assets import DOCUMENTS_ASSET, TRAINING_DATA_ASSET
-from pipelines.drop_sensor import DropSensor, Found
+from pipelines.orchestration.assets import DOCUMENTS_ASSET, TRAINING_DATA_ASSET
+from pipelines.orchestration.drop_sensor import DropSensor, Found
 
 
 @dag(
@@ -54,13 +54,13 @@ def ingest_drops() -> None:
 
     @task(outlets=[Asset(**DOCUMENTS_ASSET)])
     def ingest_documents(found: Found) -> list[str]:
-        from pipelines.drop_sensor import ingest_and_announce
+        from pipelines.orchestration.drop_sensor import ingest_and_announce
 
         return ingest_and_announce("documents", found, get_current_context())
 
     @task(outlets=[Asset(**TRAINING_DATA_ASSET)])
     def ingest_training(found: Found) -> list[str]:
-        from pipelines.drop_sensor import ingest_and_announce
+        from pipelines.orchestration.drop_sensor import ingest_and_announce
 
         return ingest_and_announce("training", found, get_current_context())
 

@@ -28,7 +28,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from pipelines.assets import DOCUMENTS_ASSET
+from pipelines.orchestration.assets import DOCUMENTS_ASSET
 
 WRITER_POOL = "weaviate_writer"
 
@@ -79,7 +79,7 @@ def reindex_documents() -> None:
     @task
     def version(mlflow_run_id: str) -> dict[str, str]:
         from pipelines.knowledge.reindex import version_step
-        from pipelines.orchestration import note_mlflow_run
+        from pipelines.orchestration.run_notes import note_mlflow_run
         from pipelines.settings import get_settings
 
         note_mlflow_run(get_settings(), get_current_context(), mlflow_run_id)  # the run page links MLflow

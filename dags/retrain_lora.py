@@ -34,7 +34,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from pipelines.assets import TRAINING_DATA_ASSET
+from pipelines.orchestration.assets import TRAINING_DATA_ASSET
 
 
 @dag(
@@ -101,7 +101,8 @@ def retrain_lora() -> None:
     @task
     def version(mlflow_run: str) -> str:
         from pipelines.behaviour.retrain import version_data
-        from pipelines.orchestration import fail_fast, note_mlflow_run
+        from pipelines.orchestration import fail_fast
+        from pipelines.orchestration.run_notes import note_mlflow_run
         from pipelines.settings import get_settings
 
         note_mlflow_run(get_settings(), get_current_context(), mlflow_run)  # the run page links MLflow

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 from pipelines.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only in the command that needs them
-    from pipelines.airflow_api import FinishedRun
     from pipelines.behaviour.answering import Answer
+    from pipelines.orchestration.api import FinishedRun
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, Handler] = {}
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import stack
+    from pipelines.devstack import stack
 
     stack.up(settings, with_airflow=not args.no_airflow)
     print(f"\nAirflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
@@ -34,14 +34,14 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _down(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import stack
+    from pipelines.devstack import stack
 
     stack.down(settings)
     return 0
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import stack
+    from pipelines.devstack import stack
 
     for name, pid in stack.status(settings).items():
         print(f"{name:24s} {f'running (pid {pid})' if pid else 'stopped'}")
@@ -168,7 +168,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """The main job, through the running Airflow: re-index, retrain, promote, answer; then a summary."""
     import time
 
-    from pipelines.airflow_api import AirflowApi
+    from pipelines.orchestration.api import AirflowApi
 
     started = time.monotonic()
     api = AirflowApi(settings)

@@ -6,7 +6,7 @@ people and upstream systems put files. A file there is *complete* when a marker
 size and mtime have not changed across two looks `drop_settle_s` apart. Only
 complete files are ingested: copied into the data location under a hidden name,
 renamed into place (so readers never see half a file) and removed from the drop
-folder. The Airflow side (`pipelines.drop_sensor`, `dags/ingest_drops.py`) turns
+folder. The Airflow side (`pipelines.orchestration.drop_sensor`, `dags/ingest_drops.py`) turns
 an ingest into an asset event; systems that push instead call the REST API
 (`emit_asset_event`).
 
@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.assets import DOCUMENTS_ASSET, TRAINING_DATA_ASSET
 from pipelines.behaviour.dataset import EVAL_FILE, OOD_FILE, TRAIN_FILE
+from pipelines.orchestration.assets import DOCUMENTS_ASSET, TRAINING_DATA_ASSET
 from pipelines.settings import Settings
 
 MARKER_SUFFIX = ".done"
@@ -423,7 +423,7 @@ def emit_asset_event(settings: Settings, asset: Mapping[str, str], extra: Mappin
     """
     import requests
 
-    from pipelines.airflow_api import AirflowApi, AirflowApiError
+    from pipelines.orchestration.api import AirflowApi, AirflowApiError
 
     try:
         api = AirflowApi(settings)

@@ -56,7 +56,7 @@ os.environ.update(
     AIRFLOW__CORE__UNIT_TEST_MODE="False",
 )
 
-from pipelines import stack as stack_module  # noqa: E402
+from pipelines.devstack import stack as stack_module  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 # Tiers. Tests in these folders, or that use the real stack, need services or trained models: they get the

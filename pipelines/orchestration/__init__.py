@@ -1,15 +1,15 @@
-"""Small glue between Airflow tasks and the pipelines code (Airflow imported lazily)."""
+"""The Airflow side of the pipelines: everything that knows Airflow exists.
+
+`api` (REST client), `db` (metadata-database connect args, imported by Airflow itself),
+`assets` (asset names and URIs), `drop_sensor` (drop trigger and sensor), `run_notes`
+(the MLflow link on a run's page) and, here, the failure policy for tasks. `knowledge/`
+and `behaviour/` never import this package; Airflow itself is imported lazily.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from pipelines.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -23,29 +23,3 @@ def fail_fast() -> Iterator[None]:
         from airflow.exceptions import AirflowFailException
 
         raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-
-
-def note_mlflow_run(settings: Settings, context: Mapping[str, Any], mlflow_run_id: str) -> str | None:
-    """Write the MLflow run's URL into the Airflow run's note, shown on the run's page in the Airflow UI.
-
-    Best effort: a run started by `dag.test()`, or an API server out of reach, only costs the note
-    (a warning in the task log); the MLflow run carries the Airflow run id as a tag either way.
-    """
-    import requests
-
-    from pipelines.airflow_api import AirflowApi, AirflowApiError
-    from pipelines.tracking import run_link
-
-    url = run_link(settings, mlflow_run_id)
-    dag_id, run_id = context["dag"].dag_id, context["run_id"]
-    try:
-        AirflowApi(settings).call(
-            "PATCH",
-            f"/dags/{dag_id}/dagRuns/{run_id}",
-            params={"update_mask": "note"},
-            json={"note": f"MLflow run: {url}"},
-        )
-    except (AirflowApiError, requests.RequestException) as err:
-        log.warning("could not note the MLflow run on %s/%s: %s", dag_id, run_id, err)
-        return None
-    return url

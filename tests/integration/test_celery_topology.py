@@ -1,7 +1,7 @@
 """The production topology, really run: Airflow 3 on the CeleryExecutor with PostgreSQL and Redis.
 
 PostgreSQL and Redis are Debian's (`make test-deps`), started here on loopback. Airflow gets the
-same environment as the local stack (`pipelines.stack.airflow_env`) plus the overrides that
+same environment as the local stack (`pipelines.devstack.stack.airflow_env`) plus the overrides that
 docker-compose.yml sets; the DAGs and the `pipelines` code are the project's own, unchanged.
 A file dropped into this instance's drop folder must come out of `ingest_drops` (deferred in the
 triggerer, run by a Celery worker) as a `documents` asset event recorded in PostgreSQL.
@@ -26,8 +26,8 @@ import pytest
 import requests
 import yaml
 
+from pipelines.devstack.stack import airflow_env
 from pipelines.settings import Settings
-from pipelines.stack import airflow_env
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -186,7 +186,7 @@ def test_a_drop_runs_through_celery_workers_on_postgres_and_redis(celery_airflow
     import psycopg2
     import redis
 
-    from pipelines.airflow_api import AirflowApi
+    from pipelines.orchestration.api import AirflowApi
 
     settings, ports = celery_airflow
     procs, _ = services

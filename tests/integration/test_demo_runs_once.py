@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from pipelines.airflow_api import AirflowApi
+from pipelines.orchestration.api import AirflowApi
 from pipelines.settings import Settings
 
 # Untouched by the other tests of the session's Airflow (they use reindex_documents, or dag.test() elsewhere),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests_support import sample_reports, wait_until_idle
 
-from pipelines.airflow_api import AirflowApi
+from pipelines.orchestration.api import AirflowApi
 from pipelines.settings import Settings
 
 RUN_TIMEOUT_S = 600

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipelines import stack as stack_module
+from pipelines.devstack import stack as stack_module
 from pipelines.settings import Settings
 
 

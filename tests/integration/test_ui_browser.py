@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests_support import wait_until_idle
 
-from pipelines.airflow_api import FINISHED, AirflowApi, AirflowApiError
+from pipelines.orchestration.api import FINISHED, AirflowApi, AirflowApiError
 from pipelines.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")

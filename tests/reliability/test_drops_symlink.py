@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipelines.airflow_api import AirflowApi
+from pipelines.orchestration.api import AirflowApi
 from pipelines.settings import Settings
 
 

@@ -82,7 +82,7 @@ def test_dropping_a_hidden_or_missing_file_is_refused(target: DropTarget, tmp_pa
 
 
 def test_trigger_waits_while_a_file_is_written_and_fires_once_it_settles(tmp_path: Path) -> None:
-    from pipelines.drop_sensor import DropTrigger
+    from pipelines.orchestration.drop_sensor import DropTrigger
 
     drop_dir = tmp_path / "drop"
     drop_dir.mkdir()
@@ -109,7 +109,7 @@ def test_trigger_waits_while_a_file_is_written_and_fires_once_it_settles(tmp_pat
 
 
 def test_trigger_gives_up_quietly_when_nothing_is_dropped(tmp_path: Path) -> None:
-    from pipelines.drop_sensor import DropTrigger
+    from pipelines.orchestration.drop_sensor import DropTrigger
 
     trigger = DropTrigger({"training": str(tmp_path / "absent")}, settle_s=1.0, poll_s=0.05, idle_after_s=0.2)
     payload = asyncio.run(anext(trigger.run())).payload
@@ -119,7 +119,7 @@ def test_trigger_gives_up_quietly_when_nothing_is_dropped(tmp_path: Path) -> Non
 def test_trigger_round_trips_through_its_serialized_form(tmp_path: Path) -> None:
     import importlib
 
-    from pipelines.drop_sensor import DropTrigger
+    from pipelines.orchestration.drop_sensor import DropTrigger
 
     classpath, kwargs = DropTrigger({"documents": str(tmp_path)}, 30, 5, 60).serialize()
     module, name = classpath.rsplit(".", 1)
