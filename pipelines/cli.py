@@ -217,6 +217,42 @@ def _print_demo_summary(settings: Settings, runs: list[FinishedRun], answer: Ans
     )
 
 
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    import re
+
+    from pipelines.serving.auth import KeyStore
+
+    store = KeyStore(settings.api_keys_path)
+    if args.keys_command == "create":
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+        bad = [g for g in groups if not re.match(settings.acl_group_pattern, g)]
+        if bad:
+            print(f"pipelines keys create: invalid group names {bad} (ACL_GROUP_PATTERN)", file=sys.stderr)
+            return 2
+        record, key = store.create(args.name, groups)
+        print(f"key id {record.key_id} ({record.name}), groups {list(record.groups) or ['public only']}")
+        print(f"{key}\n(shown once; only its sha256 is stored in {settings.api_keys_path})")
+    elif args.keys_command == "list":
+        for r in store.records():
+            state = f"revoked {r.revoked_at}" if r.revoked_at else "active"
+            print(f"{r.key_id}  {r.name:20s} {','.join(r.groups) or '-':24s} created {r.created_at}  {state}")
+    else:
+        try:
+            store.revoke(args.key_id)
+        except KeyError:
+            print(f"pipelines keys revoke: no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    uvicorn.run("pipelines.serving.app:app_from_env", factory=True, host=settings.serve_host, port=settings.serve_port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: LORA_STEPS)")
     p.add_argument("--question", default=DEMO_QUESTION)
     COMMANDS["demo"] = _demo
+
+    p = sub.add_parser("keys", help="API keys of the answering service (stored as hashes, mapped to groups)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="make a key for some groups; prints it once")
+    k.add_argument("--name", required=True, help="who or what holds the key")
+    k.add_argument("--groups", default="", help="comma-separated groups (empty: public documents only)")
+    keys.add_parser("list", help="every key: id, name, groups, state (never the key)")
+    k = keys.add_parser("revoke", help="revoke a key at once")
+    k.add_argument("key_id")
+    COMMANDS["keys"] = _keys
+    sub.add_parser("serve", help="run the answering service (SERVE_HOST:SERVE_PORT) in the foreground")
+    COMMANDS["serve"] = _serve
     return parser
 
 

@@ -137,6 +137,21 @@ class Settings(BaseSettings):
     gate_grounding_tolerance: float = Field(default=0.0, alias="GATE_GROUNDING_TOLERANCE")
     answer_contexts: int = Field(default=3, alias="ANSWER_CONTEXTS")
 
+    # Answering service (issue 11, HTTP API and identity): loopback by default; every route but
+    # health needs a bearer token, an API key (hashes in `api_keys_path`) or an OIDC / OAuth2 JWT.
+    serve_host: str = Field(default="127.0.0.1", alias="SERVE_HOST")
+    serve_port: int = Field(default=8000, alias="SERVE_PORT")
+    api_keys_file: Path | None = Field(default=None, alias="API_KEYS_FILE")  # unset: state/secrets/api-keys.json
+    # OIDC is on when OIDC_ISSUER is set; then OIDC_AUDIENCE and OIDC_JWKS_URL are required.
+    oidc_issuer: str = Field(default="", alias="OIDC_ISSUER")
+    oidc_audience: str = Field(default="", alias="OIDC_AUDIENCE")
+    oidc_jwks_url: str = Field(default="", alias="OIDC_JWKS_URL")
+    oidc_groups_claim: str = Field(default="groups", alias="OIDC_GROUPS_CLAIM")
+    oidc_algorithms: str = Field(default="RS256,ES256", alias="OIDC_ALGORITHMS")  # asymmetric only
+    oidc_leeway_s: float = Field(default=30.0, alias="OIDC_LEEWAY_S")  # clock skew tolerated on exp / nbf
+    # Request bodies above this are refused (413) before they are read into memory.
+    max_request_bytes: int = Field(default=16 * 2**10, alias="MAX_REQUEST_BYTES")
+
     # ACLs, document loading, drops and Weaviate auth (issue 9, parts 4, 5, 7): all fail closed.
     # A valid ACL is a list of group names matching this pattern (`public` is always valid).
     acl_group_pattern: str = Field(default=r"^[a-z0-9][a-z0-9._-]{0,63}$", alias="ACL_GROUP_PATTERN")
@@ -168,6 +183,10 @@ class Settings(BaseSettings):
             return self.weaviate_api_key
         path = self.weaviate_api_key_file
         return path.read_text().strip() if path is not None and path.is_file() else ""
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.api_keys_file or self.state_dir / "secrets" / "api-keys.json"
 
     @property
     def dvc_remote_dir(self) -> Path:

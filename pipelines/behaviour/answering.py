@@ -164,7 +164,6 @@ def supporting_labels(answer: str, labels: Sequence[int], contexts: Sequence[Con
 
 def ask(settings: Settings, question: str, k: int | None = None, user_groups: Sequence[str] = ()) -> Answer:
     """Answer `question` from the live index with the champion model, citing the chunks used."""
-    from pipelines.behaviour.evaluation import generate
     from pipelines.knowledge.retrieval import search
 
     started = time.perf_counter()
@@ -172,9 +171,32 @@ def ask(settings: Settings, question: str, k: int | None = None, user_groups: Se
     loaded_at = time.perf_counter()
     hits = search(settings, question, k=k or settings.answer_contexts, user_groups=user_groups)
     retrieved_at = time.perf_counter()
+    return answer_from_hits(
+        loaded, settings, question, hits, retrieval_s=retrieved_at - loaded_at, model_load_s=loaded_at - started
+    )
+
+
+def answer_from_hits(
+    loaded: Any,
+    settings: Settings,
+    question: str,
+    hits: Sequence[Any],
+    retrieval_s: float = 0.0,
+    model_load_s: float = 0.0,
+    streamer: Any = None,
+) -> Answer:
+    """Generate with `loaded` (model, tokenizer, description) from retrieved `hits`, and cite.
+
+    The answering service calls this with the hits it retrieved under the caller's groups and the
+    champion it took for this request; `streamer` (a transformers streamer) receives tokens as made.
+    """
+    from pipelines.behaviour.evaluation import generate
+
     contexts = contexts_from_hits(question, hits)
     prompt = chat_messages(question, contexts)
-    texts, _, seconds = generate(loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1)
+    texts, _, seconds = generate(
+        loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1, streamer=streamer
+    )
     raw = texts[0].strip()
     citations, unknown, ok = cite(raw, hits)
     parsed = parse_answer(raw)
@@ -190,7 +212,7 @@ def ask(settings: Settings, question: str, k: int | None = None, user_groups: Se
         citations=citations,
         model=loaded.description,
         raw=raw,
-        timings=Timings(retrieved_at - loaded_at, seconds, loaded_at - started),
+        timings=Timings(retrieval_s, seconds, model_load_s),
         follows_format=ok,
         retrieved=[h.chunk_id for h in hits],
         unknown_labels=unknown,

@@ -95,9 +95,17 @@ def score_item(model: str, record: InstructionRecord, output: str, min_support: 
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 4
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int = 4,
+    streamer: Any = None,
 ) -> tuple[list[str], int, float]:
-    """Greedy answers to chat prompts: (texts, generated tokens, seconds)."""
+    """Greedy answers to chat prompts: (texts, generated tokens, seconds).
+
+    `streamer` (a transformers streamer, with batch_size 1) receives tokens as they are generated.
+    """
     import torch
 
     device = next(model.parameters()).device
@@ -117,6 +125,7 @@ def generate(
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                streamer=streamer,
             )
         seconds += time.perf_counter() - began
         generated = out[:, batch["input_ids"].shape[1] :]

@@ -27,8 +27,9 @@ LONG_RUNNING = {
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    "serve",
 }
-PUBLISHED = {"airflow-apiserver", "mlflow"}
+PUBLISHED = {"airflow-apiserver", "mlflow", "serve"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|API_KEY|ACCESS_KEY")
 VARIABLE = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 

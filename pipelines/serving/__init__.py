@@ -1,0 +1,1 @@
+"""The answering service: HTTP API, champion hot-swap, feedback, chat page."""
