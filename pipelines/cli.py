@@ -246,6 +246,34 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _feedback(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    from pipelines.serving.feedback import FeedbackStore, export_corrections, feedback_records_json
+
+    store = FeedbackStore(settings.feedback_url)
+    if args.feedback_command == "list":
+        print(feedback_records_json(store.list(reviewed=False if args.unreviewed else None)), end="")
+    elif args.feedback_command == "review":
+        try:
+            record = store.review(args.feedback_id, f"{getpass.getuser()} via CLI")
+        except KeyError as err:
+            print(f"pipelines feedback review: {err.args[0]}", file=sys.stderr)
+            return 1
+        print(f"feedback {record.id} reviewed by {record.reviewed_by}"
+              f"{'' if record.correction else ' (no correction: nothing to export)'}")  # fmt: skip
+    else:
+        report = export_corrections(store, settings)
+        for feedback_id, reason in report.held_back.items():
+            print(f"held back feedback {feedback_id}: {reason}", file=sys.stderr)
+        if report.path is None:
+            print("no reviewed corrections to export")
+        else:
+            print(f"exported {len(report.exported)} correction(s) {report.exported} into {report.path}; "
+                  "the training drop validates them before any retraining")  # fmt: skip
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -331,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke a key at once")
     k.add_argument("key_id")
     COMMANDS["keys"] = _keys
+    p = sub.add_parser("feedback", help="answer feedback: list, mark a correction reviewed, export to training")
+    feedback = p.add_subparsers(dest="feedback_command", required=True)
+    f = feedback.add_parser("list", help="stored feedback as JSON lines")
+    f.add_argument("--unreviewed", action="store_true", help="only feedback nobody reviewed yet")
+    f = feedback.add_parser("review", help="mark feedback reviewed: its correction may become training data")
+    f.add_argument("feedback_id", type=int)
+    feedback.add_parser("export", help="write reviewed corrections into the training drop (validated there)")
+    COMMANDS["feedback"] = _feedback
     sub.add_parser("serve", help="run the answering service (SERVE_HOST:SERVE_PORT) in the foreground")
     COMMANDS["serve"] = _serve
     return parser

@@ -170,6 +170,20 @@ class Settings(BaseSettings):
     # Fixed at start-up, so copies of these settings with another state_dir still find it.
     weaviate_api_key_file: Path | None = Field(default=None, alias="WEAVIATE_API_KEY_FILE")
 
+    # Answering service (issue 11, champion and feedback): the service re-reads `<model>@champion`
+    # this often, and at once when `champion_signal_file` (touched by every alias move) changes.
+    champion_poll_s: float = Field(default=30.0, alias="CHAMPION_POLL_S")
+    # Feedback database (SQLAlchemy URL); empty: SQLite under state/serving/. Compose: PostgreSQL.
+    feedback_db_url: str = Field(default="", alias="FEEDBACK_DB_URL")
+
+    @property
+    def champion_signal_file(self) -> Path:
+        return self.state_dir / "serving" / "champion-changed"
+
+    @property
+    def feedback_url(self) -> str:
+        return self.feedback_db_url or f"sqlite:///{self.state_dir / 'serving' / 'feedback.sqlite'}"
+
     @model_validator(mode="after")
     def _fix_key_file(self) -> Settings:
         if self.weaviate_api_key_file is None:

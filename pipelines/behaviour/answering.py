@@ -82,6 +82,8 @@ class AnsweringModel:
     model: Any
     tokenizer: Any
     description: str
+    version: str | None = None  # the registered version; None for the base model alone
+    adapter_sha256: str | None = None  # of the adapter files loaded, verified against the registry's record
 
 
 # Settings objects are not hashable; models are cached by what identifies them.
@@ -92,14 +94,18 @@ def _load(settings: Settings, version: str | None) -> AnsweringModel:
     key = (settings.tracking_uri, settings.registered_model, settings.base_model, version)
     if key not in _MODELS:
         _MODELS.clear()  # one model in memory at a time
-        _MODELS[key] = _load_uncached(settings, version)
+        _MODELS[key] = load_version(settings, version)
     return _MODELS[key]
 
 
-def _load_uncached(settings: Settings, version: str | None) -> AnsweringModel:
+def load_version(settings: Settings, version: str | None) -> AnsweringModel:
+    """Load a registered version (its adapter verified against the recorded sha256), or the base model for None.
+
+    Uncached: the answering service loads a new champion beside the one serving.
+    """
     import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, pick_device, resolve_base_model
-    from pipelines.behaviour.registry import download_version
+    from pipelines.behaviour.registry import adapter_sha256, download_version
     from pipelines.tracking import configure
 
     if version is None:
@@ -114,7 +120,8 @@ def _load_uncached(settings: Settings, version: str | None) -> AnsweringModel:
     tokenizer = parts["tokenizer"]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AnsweringModel(parts["model"].eval(), tokenizer, f"{settings.registered_model}@champion (v{version})")
+    description = f"{settings.registered_model}@champion (v{version})"
+    return AnsweringModel(parts["model"].eval(), tokenizer, description, version, adapter_sha256(local / "peft"))
 
 
 def load_answering_model(settings: Settings) -> AnsweringModel:
