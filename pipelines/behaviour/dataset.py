@@ -3,8 +3,12 @@
 `data/training/` holds three JSONL files, versioned with DVC:
 
 - `train.jsonl`: synthetic questions built from corpus chunks, each with three
-  numbered context chunks (the source and two distractors from other reports)
-  and the expected cited answer;
+  numbered context chunks (the source, a distractor that shares the question's
+  words and a random one, all from other reports) and the expected answer: the
+  source's sentence quoted with its label. A fifth of the records show only
+  distractors and teach the house abstention (`Sources: none`): grounding, not
+  just format (issue 14 item 3). Chunk texts are cleaned of shared page chrome
+  first, as the index cleans them (`pipelines.knowledge.boilerplate`);
 - `eval.jsonl`: the 50 real queries, held out, answered from the best chunk of
   the report their judgement names; no chunk or answer of these is trained on;
 - `ood.jsonl`: frozen general-text paragraphs for measuring forgetting.
@@ -21,13 +25,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.behaviour.house_format import ContextChunk, content_words, format_answer, words
+from pipelines.behaviour.house_format import ContextChunk, abstention_answer, content_words, format_answer, words
 from pipelines.behaviour.ood_corpus import OOD_PARAGRAPHS
 
 TRAIN_FILE, EVAL_FILE, OOD_FILE = "train.jsonl", "eval.jsonl", "ood.jsonl"
 CONTEXT_WORDS = 30  # words per context chunk: keeps prompts near 200 tokens, so CPU training stays fast
 CONTEXTS_PER_RECORD = 3
 TRAIN_RECORDS = 240
+# Share of training records whose contexts are all distractors (answer: the abstention). Enough to learn to
+# abstain, few enough that the adapter does not learn to refuse answerable questions.
+ABSTENTION_SHARE = 0.2
+HARD_DISTRACTOR_POOL = 60  # random candidates scored for word overlap with the question (cheap, deterministic)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“])")
 _QUESTION_TEMPLATES = (
     "What does the report say about {a} and {b}?",
@@ -129,12 +137,18 @@ def write_jsonl(path: Path, rows: Iterable[str]) -> None:
 
 
 def _read_chunks(corpus: Path) -> list[_Chunk]:
+    """The corpus chunks, cleaned of page chrome the way the index cleans documents."""
+    from pipelines.knowledge.boilerplate import BoilerplateRule, remove_boilerplate
+    from pipelines.knowledge.documents import Document
+
+    rows = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
+    raw = [Document(str(row["_id"]), str(row["title"]), str(row["text"]), "jsonl") for row in rows]
+    cleaned, _ = remove_boilerplate(raw, BoilerplateRule())
     chunks = []
-    for line in corpus.read_text().splitlines():
-        row = json.loads(line)
-        report, marker, _ = row["_id"].rpartition("_chunk_")
-        title = re.sub(r"\s*\(Part \d+/\d+\)$", "", row["title"])
-        chunks.append(_Chunk(row["_id"], report if marker else row["_id"], title, " ".join(row["text"].split())))
+    for document in cleaned:
+        report, marker, _ = document.id.rpartition("_chunk_")
+        title = re.sub(r"\s*\(Part \d+/\d+\)$", "", document.title)
+        chunks.append(_Chunk(document.id, report if marker else document.id, title, " ".join(document.text.split())))
     return chunks
 
 
@@ -160,9 +174,35 @@ def _short_title(title: str, limit: int = 6) -> str:
     return " ".join(title.split()[:limit])
 
 
-def _distractors(rng: random.Random, chunks: Sequence[_Chunk], report: str, n: int) -> list[_Chunk]:
-    pool = [c for c in chunks if c.report != report and len(c.text.split()) >= 20 and _is_plain(c.text)]
+def _distractors(
+    rng: random.Random, chunks: Sequence[_Chunk], report: str, n: int, exclude: frozenset[str] = frozenset()
+) -> list[_Chunk]:
+    pool = [
+        c
+        for c in chunks
+        if c.report != report and c.id not in exclude and len(c.text.split()) >= 20 and _is_plain(c.text)
+    ]
     return rng.sample(pool, n)
+
+
+def _hard_distractors(
+    rng: random.Random, chunks: Sequence[_Chunk], reports: set[str], question: str, n: int, exclude: frozenset[str]
+) -> list[_Chunk]:
+    """`n` chunks of other reports: one sharing the most words with the question, the rest random.
+
+    A distractor on the same topic is what retrieval really returns; it teaches the adapter to cite the
+    context that holds the sentence, not any context that mentions the question's words.
+    """
+    pool = [
+        c
+        for c in chunks
+        if c.report not in reports and c.id not in exclude and len(c.text.split()) >= 20 and _is_plain(c.text)
+    ]
+    candidates = rng.sample(pool, min(HARD_DISTRACTOR_POOL, len(pool)))
+    wanted = set(content_words(question))
+    hard = max(candidates, key=lambda c: len(wanted & set(content_words(c.text))))
+    rest = rng.sample([c for c in pool if c.report != hard.report], n - 1)
+    return [hard, *rest]
 
 
 def _record(
@@ -217,17 +257,61 @@ def _synthetic_question(rng: random.Random, sentence: str, idf: dict[str, float]
     return rng.choice(_QUESTION_TEMPLATES).format(a=a, b=b)
 
 
+def _unrelated(
+    rng: random.Random, chunks: Sequence[_Chunk], report: str, question: str, n: int, exclude: frozenset[str]
+) -> list[_Chunk]:
+    """`n` chunks of other reports sharing at most one content word with the question: none can answer it."""
+    wanted = set(content_words(question))
+    pool = [
+        c
+        for c in chunks
+        if c.report != report and c.id not in exclude and len(c.text.split()) >= 20 and _is_plain(c.text)
+        and len(wanted & set(content_words(c.text))) <= 1
+    ]  # fmt: skip
+    return rng.sample(pool, n)
+
+
+def _abstention_record(record_id: str, question: str, shown: Sequence[_Chunk], rng: random.Random) -> InstructionRecord:
+    """A question shown only chunks of other reports: the house answer is the abstention."""
+    order = list(shown)
+    rng.shuffle(order)
+    contexts = tuple(
+        ContextChunk(i, c.id, _short_title(c.title), " ".join(c.text.split()[:CONTEXT_WORDS]))
+        for i, c in enumerate(order, start=1)
+    )
+    messages = (Message("user", question), Message("assistant", abstention_answer()))
+    return InstructionRecord(record_id, messages, contexts)
+
+
 def _train_records(rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int) -> list[InstructionRecord]:
+    """`n` records: most answer from one of three contexts, `ABSTENTION_SHARE` of them from none.
+
+    No record answers from, or shows, a held-out chunk (the yardstick's sources and their neighbours).
+    """
     docs = Counter(w for chunk in chunks for w in set(words(chunk.text)))
     idf = {w: math.log(len(chunks) / df) for w, df in docs.items()}
-    candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and _sentences(c.text)]
+    exclude = frozenset(held_out)
+    # A sentence also found in a held-out chunk (reports repeat themselves) would leak that yardstick answer.
+    held_texts = [c.text for c in chunks if c.id in held_out]
+
+    def trainable(chunk: _Chunk) -> list[str]:
+        return [s for s in _sentences(chunk.text) if not any(s in text for text in held_texts)]
+
+    candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and trainable(c)]
     rng.shuffle(candidates)
+    abstentions = round(n * ABSTENTION_SHARE)
     records: list[InstructionRecord] = []
-    for chunk in candidates[:n]:
-        sentence = rng.choice(_sentences(chunk.text))
+    for i, chunk in enumerate(candidates[:n]):
+        sentence = rng.choice(trainable(chunk))
         question = _synthetic_question(rng, sentence, idf)
-        distractors = _distractors(rng, chunks, chunk.report, CONTEXTS_PER_RECORD - 1)
-        records.append(_record(f"train-{len(records):04d}", question, chunk, sentence, distractors, rng))
+        record_id = f"train-{len(records):04d}"
+        if i % round(1 / ABSTENTION_SHARE) == 0 and abstentions > 0:  # spread through the set, not in one block
+            abstentions -= 1
+            shown = _unrelated(rng, chunks, chunk.report, question, CONTEXTS_PER_RECORD, exclude)
+            records.append(_abstention_record(record_id, question, shown, rng))
+            continue
+        distractors = _hard_distractors(rng, chunks, {chunk.report}, question, CONTEXTS_PER_RECORD - 1, exclude)
+        records.append(_record(record_id, question, chunk, sentence, distractors, rng))
     return records
 
 
