@@ -28,3 +28,18 @@ def test_golden_queries_split_roughly_in_half() -> None:
 def test_other_salts_give_other_splits() -> None:
     ids = _golden_ids()
     assert [split_of(i) for i in ids] != [split_of(i, salt="other") for i in ids]
+
+
+def test_retrieval_report_logs_each_half_beside_the_whole() -> None:
+    from pipelines.knowledge.evaluation import RetrievalReport
+
+    # q_1, q_3 are tuning; q_2, q_4 reporting (pinned above).
+    per_query = {"q_1": 1.0, "q_2": 0.5, "q_3": 0.0, "q_4": 0.25}
+    report = RetrievalReport(
+        metrics={"hybrid": {"ndcg_at_5": 0.4375}},
+        per_query={"hybrid": {q: {"ndcg_at_5": v} for q, v in per_query.items()}},
+    )
+    flat = report.flat()
+    assert flat["hybrid_ndcg_at_5"] == 0.4375  # the existing whole-set name the gate reads is kept
+    assert flat["tuning.hybrid_ndcg_at_5"] == 0.5
+    assert flat["reporting.hybrid_ndcg_at_5"] == 0.375

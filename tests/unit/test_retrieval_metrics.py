@@ -15,9 +15,17 @@ def test_documents_rank_by_their_best_chunk() -> None:
 def test_metrics_match_hand_computed_values() -> None:
     golden = GoldenSet({"q1": "x", "q2": "y"}, {"q1": {"a": 1}, "q2": {"z": 1}})
     scores = score_runs(golden, {"q1": rank_documents(["a", "b"]), "q2": rank_documents(["b", "z"])})
-    assert scores["q1"] == {"ndcg_at_10": 1.0, "recall_at_10": 1.0, "mrr": 1.0}
+    assert scores["q1"] == {"ndcg_at_10": 1.0, "recall_at_10": 1.0, "mrr": 1.0, "ndcg_at_5": 1.0, "recall_at_3": 1.0}
     assert scores["q2"]["mrr"] == 0.5
     assert scores["q2"]["ndcg_at_10"] == pytest.approx(1 / 1.5849625, rel=1e-6)
+    assert scores["q2"]["ndcg_at_5"] == pytest.approx(1 / 1.5849625, rel=1e-6)
+    assert scores["q2"]["recall_at_3"] == 1.0
+
+
+def test_recall_at_3_misses_a_document_ranked_fourth() -> None:
+    golden = GoldenSet({"q1": "x"}, {"q1": {"d": 1}})
+    scores = score_runs(golden, {"q1": rank_documents(["a", "b", "c", "d"])})
+    assert scores["q1"]["recall_at_3"] == 0.0 and scores["q1"]["recall_at_10"] == 1.0
 
 
 def test_gate_passes_first_run_and_blocks_regression() -> None:
