@@ -41,8 +41,12 @@ test-integration: setup test-deps  ## real-service tier: Weaviate, MLflow, Airfl
 test: setup test-deps  ## the whole test suite, both tiers, against real services
 	@$(VENV)/pytest tests $(PYTEST_ARGS)
 
-bench: setup      ## benchmarks; results printed and saved under bench/results/
-	@$(VENV)/python bench/reindex.py
+bench: setup      ## benchmarks; results printed and saved under bench/results/ (the README tables' scales)
+	@$(VENV)/pip install -q -c constraints.txt -e ".[bench]"  # the peers (LangChain, LlamaIndex); never the product's
+	@$(VENV)/pipelines up --no-airflow
+	@$(VENV)/python bench/index_peers.py --scale 3 --repeats 3
+	@$(VENV)/python bench/index_scale.py --scales 1 5 25
+	@$(VENV)/python bench/reindex.py --scale 4
 	@$(VENV)/python bench/train.py
 	@$(VENV)/python bench/lora_quality.py
 
