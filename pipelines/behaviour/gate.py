@@ -40,7 +40,7 @@ class Scores:
 
 
 @dataclass(frozen=True)
-class GateDecision:
+class PromotionGateDecision:
     """The verdict, every reason behind it, and the numbers it was based on."""
 
     passed: bool
@@ -69,7 +69,9 @@ def promotion_outcome(passed: bool, policy: PromotionPolicy, holds: list[str]) -
     return PromotionOutcome("promoted", True)
 
 
-def decide(candidate: Scores, base: Scores, champion: Scores | None, thresholds: GateThresholds) -> GateDecision:
+def decide(
+    candidate: Scores, base: Scores, champion: Scores | None, thresholds: GateThresholds
+) -> PromotionGateDecision:
     """Apply every rule; the candidate passes only if all hold."""
     checks: list[tuple[bool, str]] = []
     gain = candidate.rouge_l - base.rouge_l
@@ -108,4 +110,4 @@ def decide(candidate: Scores, base: Scores, champion: Scores | None, thresholds:
         )  # fmt: skip
     passed = all(ok for ok, _ in checks)
     reasons = [("ok: " if ok else "FAIL: ") + text for ok, text in checks]
-    return GateDecision(passed=passed, reasons=reasons, metrics=metrics)
+    return PromotionGateDecision(passed=passed, reasons=reasons, metrics=metrics)

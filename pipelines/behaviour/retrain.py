@@ -24,7 +24,14 @@ from typing import Any
 
 from pipelines.behaviour.dataset import TRAIN_FILE
 from pipelines.behaviour.evaluation import EvalConfig, ModelReport
-from pipelines.behaviour.gate import GateDecision, GateThresholds, PromotionPolicy, Scores, decide, promotion_outcome
+from pipelines.behaviour.gate import (
+    GateThresholds,
+    PromotionGateDecision,
+    PromotionPolicy,
+    Scores,
+    decide,
+    promotion_outcome,
+)
 from pipelines.behaviour.snapshot import (
     SNAPSHOT_FOLDER,
     YARDSTICK_FILES,
@@ -290,7 +297,7 @@ def register_candidate(settings: Settings, run_id: str, model_uri: str, summary:
 
 def decide_promotion(
     settings: Settings, request: RetrainRequest, run_id: str, version: str, summary: EvaluationSummary
-) -> GateDecision:
+) -> PromotionGateDecision:
     """Apply the gate; with policy `auto` a passing challenger becomes champion, else the champion stays.
 
     Before moving anything the champion is re-read: if it is not the one `evaluate` compared against, or
@@ -375,7 +382,7 @@ class RetrainOutcome:
 
     run_id: str
     version: str
-    decision: GateDecision
+    decision: PromotionGateDecision
     summary: EvaluationSummary
 
 
