@@ -24,11 +24,14 @@ COMMANDS: dict[str, Handler] = {}
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.devstack import stack
 
-    stack.up(settings, with_airflow=not args.no_airflow)
+    stack.up(settings, with_airflow=not args.no_airflow, with_serve=not args.no_serve)
     print(f"\nAirflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
           f"{settings.airflow_admin_password})")  # fmt: skip
     print(f"MLflow UI  : {settings.tracking_uri}")
     print(f"Weaviate   : {settings.weaviate_http_url}  (gRPC 127.0.0.1:{settings.weaviate_grpc_port})")
+    if not args.no_serve:
+        url = f"http://{settings.serve_host}:{settings.serve_port}"
+        print(f"Answering  : {url}  (API docs {url}/docs; a key: pipelines keys create --name me --groups hr)")
     print(f"State      : {settings.state_dir}\nStop with  : make down")
     return 0
 
@@ -287,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start Weaviate, MLflow and Airflow on 127.0.0.1 (idempotent)")
     p.add_argument("--no-airflow", action="store_true", help="start only Weaviate and MLflow")
+    p.add_argument("--no-serve", action="store_true", help="do not start the answering service")
     COMMANDS["up"] = _up
     sub.add_parser("down", help="stop exactly what `up` started")
     COMMANDS["down"] = _down

@@ -1,4 +1,4 @@
-"""The local service stack: Weaviate, MLflow and Airflow 3, all on 127.0.0.1.
+"""The local service stack: Weaviate, MLflow, Airflow 3 and the answering service, all on 127.0.0.1.
 
 `up` starts each service that is not already running, waits for its health check
 and records its PID under `state/run/`; `down` stops exactly those PIDs. Data lives
@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from pipelines.settings import Settings
 # Start order; `down` stops in reverse.
 SERVICE_NAMES = [
     "weaviate", "mlflow", "airflow-api-server", "airflow-scheduler",
-    "airflow-dag-processor", "airflow-triggerer",
+    "airflow-dag-processor", "airflow-triggerer", "serve",
 ]  # fmt: skip
 
 
@@ -218,9 +218,24 @@ def airflow_services(settings: Settings) -> list[Service]:
     ]  # fmt: skip
 
 
-def all_services(settings: Settings, with_airflow: bool = True) -> list[Service]:
+def serve_service(settings: Settings) -> Service:
+    """The answering service (issue 11): healthy once Weaviate answers and the champion (or base model) is loaded."""
+    cli = str(Path(sys.executable).parent / "pipelines")
+    # The child reads its settings from the environment: pass what this stack's settings say.
+    env = {
+        "SERVE_HOST": settings.serve_host,
+        "SERVE_PORT": str(settings.serve_port),
+        "PIPELINES_STATE_DIR": str(settings.state_dir),
+        "WEAVIATE_COLLECTION": settings.collection_alias,
+        "API_KEYS_FILE": str(settings.api_keys_path),
+    }
+    return Service("serve", [cli, "serve"], f"http://127.0.0.1:{settings.serve_port}/readyz", env, start_timeout_s=300)
+
+
+def all_services(settings: Settings, with_airflow: bool = True, with_serve: bool = False) -> list[Service]:
     services = [weaviate_service(settings), mlflow_service(settings)]
-    return services + (airflow_services(settings) if with_airflow else [])
+    services += airflow_services(settings) if with_airflow else []
+    return services + ([serve_service(settings)] if with_serve else [])
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -274,13 +289,15 @@ def migrate_airflow_db(settings: Settings) -> None:
                    env=env, check=True, capture_output=True)  # fmt: skip
 
 
-def up(settings: Settings, with_airflow: bool = True, echo: Callable[[str], None] = print) -> None:
-    """Start every service that is not running yet and wait until each is healthy."""
+def up(
+    settings: Settings, with_airflow: bool = True, echo: Callable[[str], None] = print, with_serve: bool = False
+) -> None:
+    """Start every service that is not running yet and wait until each is healthy (`make up`: with the service)."""
     for sub in ("run", "logs", "weaviate", "mlflow/artifacts"):
         (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
     if with_airflow:
         migrate_airflow_db(settings)
-    for service in all_services(settings, with_airflow):
+    for service in all_services(settings, with_airflow, with_serve):
         pid = running_pid(settings, service.name)
         if pid is not None:
             echo(f"{service.name}: already running (pid {pid})")
@@ -298,9 +315,9 @@ def up(settings: Settings, with_airflow: bool = True, echo: Callable[[str], None
         echo(f"{service.name}: healthy at {service.health_url}")
 
 
-def down(settings: Settings, echo: Callable[[str], None] = print) -> None:
-    """Stop exactly the processes `up` recorded, newest first."""
-    for name in reversed(SERVICE_NAMES):
+def down(settings: Settings, echo: Callable[[str], None] = print, only: Sequence[str] | None = None) -> None:
+    """Stop exactly the processes `up` recorded (or those of them named in `only`), newest first."""
+    for name in reversed([n for n in SERVICE_NAMES if only is None or n in only]):
         pid = running_pid(settings, name)
         if pid is None:
             continue

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from pipelines.serving import schemas, service
 from pipelines.serving.auth import Authenticator, AuthFailed, AuthUnavailable, Principal, authenticator_from
-from pipelines.serving.feedback import FeedbackReceipt, FeedbackRefused, FeedbackRequest, FeedbackStore, record_feedback
+from pipelines.serving.feedback import FeedbackReceipt, FeedbackRefused, FeedbackRequest, FeedbackStore
 from pipelines.serving.metrics import CONTENT_TYPE, Metrics
 from pipelines.settings import Settings
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, champion: Any | None = None, feedback: Any
             try:
                 yield
             finally:
+                app.state.runtime.queries.close()
                 if champion is not None and hasattr(champion, "stop"):
                     champion.stop()
 
@@ -180,8 +181,8 @@ def _add_routes(app: FastAPI) -> None:
         store: FeedbackStore | None = request.app.state.feedback
         if store is None:
             raise FeedbackDisabled("this service stores no feedback")
-        runtime = _runtime(request)
-        return record_feedback(store, runtime.client, runtime.settings, principal, body)
+        receipt: FeedbackReceipt = service.feedback(_runtime(request), principal, body, store)
+        return receipt
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -204,9 +205,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
-        injected = [e for e in errors if e.get("type") == schemas.GROUP_INJECTION]
+        # A model without our validator (feedback) still refuses unknown fields: one named like identity is injection.
+        injected = [
+            e
+            for e in errors
+            if e.get("type") == schemas.GROUP_INJECTION
+            or (e.get("type") == "extra_forbidden" and schemas.identity_names([str(e["loc"][-1])]))
+        ]
         if injected:
-            return group_injection(request, GroupInjection(injected[0]["msg"]))
+            message = injected[0]["msg"]
+            if injected[0]["type"] == "extra_forbidden":
+                message = f"the request body names {injected[0]['loc'][-1]}: groups come from your credentials"
+            return group_injection(request, GroupInjection(message))
         # Echoing the input back is unnecessary and would copy whatever was sent into logs and clients.
         slim = [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         return JSONResponse({"detail": slim}, status_code=422)

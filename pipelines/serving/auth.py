@@ -242,6 +242,9 @@ def authenticator_from(settings: Settings) -> Authenticator:
     """The authenticator the settings describe; OIDC only when OIDC_ISSUER is set."""
     verifier = None
     if settings.oidc_issuer:
+        if not (settings.oidc_audience and settings.oidc_jwks_url):
+            # An unchecked audience would accept tokens the issuer minted for any other application.
+            raise ValueError("OIDC_ISSUER is set: OIDC_AUDIENCE and OIDC_JWKS_URL must be set too")
         verifier = JwtVerifier(
             OidcConfig(
                 issuer=settings.oidc_issuer,

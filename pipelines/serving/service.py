@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pipelines.knowledge.embedding import Embedder
 from pipelines.knowledge.index import IndexingError
@@ -77,6 +79,50 @@ class StaticChampion:
         return self.loaded
 
 
+class QueryBatcher:
+    """Embeds the queries of concurrent requests in one encoder call.
+
+    On a small CPU, sixteen requests each running the encoder contend for the same cores; one
+    batched call of sixteen short queries costs little more than one query. A request waits at
+    most for the batch in progress plus its own. Stands in for the Embedder inside `Retriever`.
+    """
+
+    def __init__(self, embedder: Embedder, max_batch: int = 32) -> None:
+        self.embedder = embedder
+        self.max_batch = max_batch
+        self._queue: queue.Queue[tuple[str, Future[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="query-embedder", daemon=True)
+        self._thread.start()
+
+    def embed_query(self, text: str) -> Any:
+        """The normalised vector of `text`, computed with whatever other queries are waiting."""
+        done: Future[Any] = Future()
+        self._queue.put((text, done))
+        return done.result(timeout=60)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                vectors = self.embedder.embed([text for text, _ in batch])
+            except Exception as err:  # noqa: BLE001 - every waiting request fails with the cause
+                for _, done in batch:
+                    done.set_exception(err)
+            else:
+                for (_, done), vector in zip(batch, vectors, strict=True):
+                    done.set_result(vector)
+
+
 class Runtime:
     """Per-process state: settings, one Weaviate client, one embedder, the champion, the metrics."""
 
@@ -88,7 +134,10 @@ class Runtime:
         self.champion = champion
         self.metrics = metrics
         # enforce_acl is always on here: the gate's "see everything" mode is never reachable over HTTP.
-        self.retriever = Retriever(client, embedder, settings.collection_alias, settings.hybrid_alpha, enforce_acl=True)
+        self.queries = QueryBatcher(embedder)
+        self.retriever = Retriever(
+            client, cast(Embedder, self.queries), settings.collection_alias, settings.hybrid_alpha, enforce_acl=True
+        )
         self.generation_slots = threading.Semaphore(GENERATION_SLOTS)
 
 
@@ -254,6 +303,19 @@ def _stream(rt: Runtime, prepared: _Prepared, streamer: Any, subject: str) -> It
 
 def _event(name: str, data: str) -> str:
     return f"event: {name}\ndata: {data}\n\n"
+
+
+def feedback(rt: Runtime, principal: Principal, request: Any, store: Any) -> Any:
+    """Store the principal's feedback (`pipelines.serving.feedback`); its cited chunks are read under its groups."""
+    from weaviate.exceptions import WeaviateBaseError
+
+    from pipelines.serving.feedback import record_feedback
+
+    try:
+        return record_feedback(store, rt.client, rt.settings, principal, request)
+    except (WeaviateBaseError, IndexingError, OSError) as err:
+        log.error("feedback lookup failed for %s: %s: %s", principal.subject, type(err).__name__, err)
+        raise BackendUnavailable("the search backend is unavailable") from err
 
 
 def readiness(rt: Runtime) -> dict[str, str]:

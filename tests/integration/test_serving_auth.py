@@ -212,6 +212,7 @@ def test_api_key_is_stored_as_a_hash_listed_without_secret_and_refused_once_revo
         ("/v1/search", {"query": SECRET_WORDS}, "?acl=hr"),
         ("/v1/ask", {"question": SECRET_WORDS, "groups": ["hr"]}, ""),
         ("/v1/ask", {"question": SECRET_WORDS}, "?group=hr"),
+        ("/v1/feedback", {"question": "q", "answer": "a", "model_version": "1", "rating": "up", "acl": ["hr"]}, ""),
     ],
 )
 def test_groups_or_acl_named_in_body_filters_or_query_string_are_refused_with_400(

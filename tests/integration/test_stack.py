@@ -28,7 +28,7 @@ def test_second_up_is_harmless_and_keeps_the_same_processes(stack: Settings) -> 
     before = stack_module.status(stack)
     stack_module.up(stack, with_airflow=True, echo=lambda _: None)
     assert stack_module.status(stack) == before
-    assert all(before.values())
+    assert all(pid for name, pid in before.items() if name != "serve")  # tests start their own answering service
 
 
 def test_weaviate_round_trip(stack: Settings) -> None:
