@@ -14,7 +14,7 @@ setup:            ## install everything (idempotent)
 setup-python:     ## what `make check` needs: .venv and the sample data (no Weaviate build)
 	@bash scripts/setup.sh --no-weaviate
 
-up: setup         ## start Weaviate, MLflow and Airflow on 127.0.0.1
+up: setup         ## start Weaviate, MLflow, Airflow and the answering service on 127.0.0.1
 	@$(VENV)/pipelines up
 
 down:             ## stop what `up` started
