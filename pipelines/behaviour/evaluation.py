@@ -2,8 +2,12 @@
 
 In-domain quality: house-format compliance, ROUGE-L and token-F1 of the answer
 against the reference. Grounding: cited labels exist among the given sources and
-the answer's words come from the cited text. Forgetting: per-token cross-entropy
-on general text. Speed: generated tokens per second (greedy, batched).
+the answer's words come from the cited text; per answer sentence, the cited chunk
+supports it strictly or leniently (`pipelines.behaviour.grounding`). Abstention: on
+items whose contexts hold no answer, the model says so. Forgetting: per-token
+cross-entropy on general text. Speed: generated tokens per second (greedy, batched).
+Every item keeps its kind (query, passage, abstention) and half (tuning, reporting),
+so the reporting half is summarised on its own (`split_summary`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines.behaviour.dataset import InstructionRecord, OodText
-from pipelines.behaviour.house_format import chat_messages, check_grounding, parse_answer, token_f1
+from pipelines.behaviour.grounding import SentenceSupport, ground_answer
+from pipelines.behaviour.house_format import chat_messages, check_grounding, is_abstention, parse_answer, token_f1
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """How much to evaluate: a subset keeps CPU runs short."""
 
-    items: int = 12
+    items: int = 12  # the first N held-out records; 0 = all of them
     max_new_tokens: int = 64
     batch_size: int = 4
     min_support: float = 0.8
@@ -43,6 +48,21 @@ class ItemResult:
     citations_exist: bool
     support: float
     grounded: bool
+    kind: str = "query"  # query, passage or abstention (pipelines.behaviour.yardstick)
+    split: str = ""  # tuning or reporting (pipelines.evalsplit)
+    grounded_strict: bool = False  # every answer sentence strictly supported by a chunk it cites
+    grounded_lenient: bool = False
+    abstained: bool = False  # the answer says the sources do not hold it
+    sentences: tuple[SentenceSupport, ...] = ()
+
+    @property
+    def answerable(self) -> bool:
+        return self.kind != "abstention"
+
+    @property
+    def right(self) -> bool:
+        """Grounded for an answerable item, an abstention for an unanswerable one: the gate's per-item score."""
+        return self.grounded_strict if self.answerable else self.abstained
 
 
 @dataclass
@@ -58,6 +78,20 @@ class ModelReport:
     ood_cross_entropy: float
     tokens_per_s: float
     items: list[ItemResult] = field(default_factory=list)
+    grounded_strict: float = 0.0  # share of answerable items whose every sentence a cited chunk supports (strict)
+    grounded_lenient: float = 0.0
+    abstention: float = 0.0  # share of unanswerable items the model refused (nan when none was evaluated)
+    false_abstention: float = 0.0  # share of answerable items the model refused
+    ood_losses: list[float] = field(default_factory=list)  # summed token loss per OOD text, for paired intervals
+
+    def per_item(self) -> dict[str, list[float]]:
+        """The per-item scores the gate resamples (pipelines.behaviour.gate)."""
+        return {
+            "rouge_l": [i.rouge_l for i in self.items],
+            "format_ok": [float(i.format_ok) for i in self.items],
+            "grounded": [float(i.right) for i in self.items],
+            "ood_loss": list(self.ood_losses),
+        }
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics, prefixed with the model's role, for MLflow."""
@@ -70,7 +104,9 @@ def _answer_text(output: str) -> str:
     return parsed.answer if parsed else output.strip()
 
 
-def score_item(model: str, record: InstructionRecord, output: str, min_support: float = 0.8) -> ItemResult:
+def score_item(
+    model: str, record: InstructionRecord, output: str, min_support: float = 0.8, kind: str = "query", split: str = ""
+) -> ItemResult:
     """Score one generated output against the record's reference answer."""
     from rouge_score import rouge_scorer
 
@@ -79,6 +115,8 @@ def score_item(model: str, record: InstructionRecord, output: str, min_support: 
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(reference, answer)["rougeL"].fmeasure
     parsed = parse_answer(output)
     grounding = check_grounding(parsed, record.contexts, min_support) if parsed else None
+    # Unparsed output is scored as a whole answer citing nothing: never grounded.
+    sentences = ground_answer(answer, parsed.labels if parsed else (), record.contexts)
     return ItemResult(
         model=model,
         record_id=record.id,
@@ -91,6 +129,12 @@ def score_item(model: str, record: InstructionRecord, output: str, min_support: 
         citations_exist=bool(grounding and grounding.citations_exist),
         support=grounding.support if grounding else 0.0,
         grounded=bool(grounding and grounding.grounded),
+        kind=kind,
+        split=split,
+        grounded_strict=sentences.strict,
+        grounded_lenient=sentences.lenient,
+        abstained=is_abstention(answer),
+        sentences=sentences.sentences,
     )
 
 
@@ -136,11 +180,20 @@ def generate(
 
 def ood_cross_entropy(model: Any, tokenizer: Any, texts: Sequence[OodText], batch_size: int = 8) -> float:
     """Mean per-token cross-entropy (nats) of the model on plain general text."""
+    losses, tokens = ood_losses(model, tokenizer, texts, batch_size)
+    return sum(losses) / sum(tokens) if sum(tokens) else math.nan
+
+
+def ood_losses(
+    model: Any, tokenizer: Any, texts: Sequence[OodText], batch_size: int = 8
+) -> tuple[list[float], list[int]]:
+    """Per text: summed token cross-entropy (nats) and token count (the same for every model of one tokenizer)."""
     import torch
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "right"
-    total_loss, total_tokens = 0.0, 0
+    per_text: list[float] = []
+    counts: list[int] = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer([t.text for t in texts[start : start + batch_size]], return_tensors="pt", padding=True).to(
             device
@@ -150,9 +203,9 @@ def ood_cross_entropy(model: Any, tokenizer: Any, texts: Sequence[OodText], batc
         targets = batch["input_ids"][:, 1:]
         mask = batch["attention_mask"][:, 1:].bool()
         losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        total_loss += float(losses[mask].sum())
-        total_tokens += int(mask.sum())
-    return total_loss / total_tokens if total_tokens else math.nan
+        per_text += [float(row[m].sum()) for row, m in zip(losses, mask, strict=True)]
+        counts += [int(m.sum()) for m in mask]
+    return per_text, counts
 
 
 def evaluate_model(
@@ -164,11 +217,17 @@ def evaluate_model(
     config: EvalConfig,
 ) -> ModelReport:
     """Score one model on the first `config.items` held-out records and on the OOD set."""
-    subset = list(records[: config.items])
+    from pipelines.behaviour.yardstick import item_kind_and_split
+
+    subset = list(records[: config.items] if config.items > 0 else records)
     prompts = [chat_messages(r.question, r.contexts) for r in subset]
     outputs, new_tokens, seconds = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
-    items = [score_item(name, r, o, config.min_support) for r, o in zip(subset, outputs, strict=True)]
+    items = [
+        score_item(name, r, o, config.min_support, *item_kind_and_split(r))
+        for r, o in zip(subset, outputs, strict=True)
+    ]
     n = len(items) or 1
+    losses, tokens = ood_losses(model, tokenizer, ood)  # once: the aggregate and the per-text values
     return ModelReport(
         model=name,
         format_compliance=sum(i.format_ok for i in items) / n,
@@ -176,10 +235,39 @@ def evaluate_model(
         token_f1=sum(i.token_f1 for i in items) / n,
         citation_validity=sum(i.citations_exist for i in items) / n,
         grounding=sum(i.grounded for i in items) / n,
-        ood_cross_entropy=ood_cross_entropy(model, tokenizer, ood),
+        ood_cross_entropy=sum(losses) / sum(tokens) if sum(tokens) else math.nan,
         tokens_per_s=new_tokens / seconds if seconds else 0.0,
         items=items,
+        ood_losses=losses,
+        **_grounding_shares(items),
     )
+
+
+def _share(values: Sequence[bool]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _grounding_shares(items: Sequence[ItemResult]) -> dict[str, float]:
+    answerable = [i for i in items if i.answerable]
+    unanswerable = [i for i in items if not i.answerable]
+    return {
+        "grounded_strict": _share([i.grounded_strict for i in answerable]),
+        "grounded_lenient": _share([i.grounded_lenient for i in answerable]),
+        "abstention": _share([i.abstained for i in unanswerable]),
+        "false_abstention": _share([i.abstained for i in answerable]),
+    }
+
+
+def split_summary(report: ModelReport, split: str) -> dict[str, float]:
+    """Aggregates over one half (`tuning` or `reporting`) of the evaluated items."""
+    items = [i for i in report.items if i.split == split]
+    answerable = [i for i in items if i.answerable]
+    return {
+        "items": float(len(items)),
+        "format_compliance": _share([i.format_ok for i in answerable]),
+        "rouge_l": sum(i.rouge_l for i in answerable) / len(answerable) if answerable else math.nan,
+        **_grounding_shares(items),
+    }
 
 
 def forgetting(candidate: ModelReport, base: ModelReport) -> float:
@@ -195,6 +283,9 @@ def summary_table(reports: Sequence[ModelReport]) -> str:
         "token_f1",
         "citation_validity",
         "grounding",
+        "grounded_strict",
+        "grounded_lenient",
+        "abstention",
         "ood_cross_entropy",
         "tokens_per_s",
     )

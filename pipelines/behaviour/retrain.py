@@ -30,6 +30,7 @@ from pipelines.behaviour.gate import (
     PromotionPolicy,
     Scores,
     decide,
+    gate_table,
     promotion_outcome,
 )
 from pipelines.behaviour.snapshot import (
@@ -95,12 +96,15 @@ class EvaluationSummary:
 
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     champion_version: str | None = None
+    # Per role, the per-item scores the gate resamples (a few hundred floats: still small for XCom).
+    items: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def gate_scores(self, role: str) -> Scores | None:
         s = self.scores.get(role)
         if s is None:
             return None
-        return Scores(s["rouge_l"], s["format_compliance"], s["grounding"], s["ood_cross_entropy"])
+        grounding = s.get("grounded_strict", s["grounding"])
+        return Scores(s["rouge_l"], s["format_compliance"], grounding, s["ood_cross_entropy"], self.items.get(role, {}))
 
 
 def _settings_for(settings: Settings, request: RetrainRequest) -> Settings:
@@ -256,13 +260,16 @@ def _reports(
 def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str, model_uri: str) -> EvaluationSummary:
     """Evaluate base, candidate and current champion in this run; log metrics, table and per-item results."""
     import mlflow
-    from pipelines.behaviour.evaluation import forgetting, summary_table
+    from pipelines.behaviour.evaluation import forgetting, split_summary, summary_table
 
     reports, champion = _reports(settings, request, run_id, model_uri)
     by_role = {r.model: r for r in reports}
     with _run(settings, run_id=run_id):
         for report in reports:
             mlflow.log_metrics(report.metrics())
+            # The reporting half of the yardstick: the numbers the README quotes (never tuned on).
+            half = split_summary(report, "reporting")
+            mlflow.log_metrics({f"{report.model}.reporting.{k}": v for k, v in half.items()})
         mlflow.log_metric("forgetting.ood_ce_rise", forgetting(by_role["candidate"], by_role["base"]))
         with tempfile.TemporaryDirectory() as tmp:
             items = Path(tmp) / "items.jsonl"
@@ -275,7 +282,7 @@ def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str,
             mlflow.set_tag("champion.version_at_eval", champion)
     log.info("\n%s", summary_table(reports))
     scores = {r.model: {k: v for k, v in asdict(r).items() if isinstance(v, float)} for r in reports}
-    return EvaluationSummary(scores, champion)
+    return EvaluationSummary(scores, champion, {r.model: r.per_item() for r in reports})
 
 
 def register_candidate(settings: Settings, run_id: str, model_uri: str, summary: EvaluationSummary) -> str:
@@ -324,6 +331,8 @@ def decide_promotion(
     summary_text = ("PASSED: " if decision.passed else "FAILED: ") + "; ".join(reasons)
     verdict = {"gate.passed": str(decision.passed).lower(), "gate.reasons": summary_text[:4000],
                "gate.holds": "; ".join(holds)[:4000] or "none", "gate.yardstick": diff["status"]}  # fmt: skip
+    verdict |= {f"gate.ci.{name}": f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}] n={i.items}"
+                for name, i in decision.intervals.items()}  # fmt: skip
     tag_version(settings, version, {**verdict, "gate.policy": request.policy.value, "gate.status": outcome.status})
     if outcome.promoted:
         promote(settings, version, actor=f"retrain run {run_id} (policy auto)", reason=decision.summary()[:500])
@@ -334,10 +343,26 @@ def decide_promotion(
         mlflow.log_dict(asdict(decision) | {"policy": request.policy.value, "promoted": outcome.promoted,
                                             "holds": holds, "version": version}, "gate/decision.json")  # fmt: skip
         mlflow.log_dict(diff, "gate/yardstick_diff.json")
+        mlflow.log_text(f"{gate_table(decision)}\n\n{outcome.status}: {summary_text}\n", "gate/summary.md")
+        _append_gate_to_summary(run_id, gate_table(decision), outcome.status)
         mlflow.set_tags({"gate.status": outcome.status, "gate.holds": verdict["gate.holds"],
                          "gate.yardstick": diff["status"]})  # fmt: skip
     log.info("gate for version %s: %s (%s)", version, summary_text, outcome.status)
     return replace(decision, reasons=reasons, metrics={**decision.metrics, "promoted": float(outcome.promoted)})
+
+
+def _append_gate_to_summary(run_id: str, table: str, status: str) -> None:
+    """Add the gate's rules and intervals under the evaluation table of the run's `evaluation/summary.md`."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+
+    try:
+        before = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/summary.md"))
+        text = before.read_text()
+    except (MlflowException, OSError):  # no evaluation table (a hand-made summary): the gate table stands alone
+        text = ""
+    mlflow.log_text(f"{text}\n## Gate ({status})\n\n{table}\n", "evaluation/summary.md")
 
 
 def _yardstick_diff(settings: Settings, run_id: str, champion: str | None) -> dict[str, Any]:

@@ -259,10 +259,20 @@ def _hand_registered(env: Settings, trained: Trained) -> str:
 def _summary(champion: str | None) -> EvaluationSummary:
     """Scores where the candidate clearly beats base and champion: only a hold can stop its promotion."""
     scores = {"rouge_l": 0.5, "format_compliance": 1.0, "grounding": 0.5, "ood_cross_entropy": 3.0}
+
+    def items(rouge: float, fmt: float) -> dict[str, list[float]]:  # 40 items, each a little apart
+        return {
+            "rouge_l": [rouge + 0.01 * (i % 5) for i in range(40)],
+            "format_ok": [fmt] * 40,
+            "grounded": [float(i % 2) for i in range(40)],
+            "ood_loss": [100.0 + i for i in range(25)],
+        }
+
     return EvaluationSummary(
         {"base": {**scores, "rouge_l": 0.1, "format_compliance": 0.0}, "candidate": scores,
          "champion": {**scores, "rouge_l": 0.3}},
         champion,
+        {"base": items(0.1, 0.0), "candidate": items(0.5, 1.0), "champion": items(0.3, 1.0)},
     )  # fmt: skip
 
 

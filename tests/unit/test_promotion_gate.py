@@ -2,40 +2,118 @@
 
 from __future__ import annotations
 
-from pipelines.behaviour.gate import GateThresholds, Scores, decide
+import random
 
-BASE = Scores(rouge_l=0.20, format_compliance=0.0, grounding=0.0, ood_cross_entropy=3.00)
-GOOD = Scores(rouge_l=0.60, format_compliance=1.0, grounding=0.8, ood_cross_entropy=3.05)
+import pytest
+
+from pipelines.behaviour.gate import GateThresholds, Scores, decide, gate_table
+from pipelines.behaviour.intervals import mean_gain, ratio_rise
+
+N = 60  # items, as in the held-out yardstick
+OOD_TEXTS = 25
+
+
+def _scores(rouge: list[float], fmt: float, grounded: float, ood_rise: float = 0.0, seed: int = 0) -> Scores:
+    """Per-item scores: ROUGE-L as given, format/grounding as 0/1 items with the given share, OOD losses."""
+    rng = random.Random(seed)
+    fmt_items = [1.0 if i < round(fmt * N) else 0.0 for i in range(N)]
+    grounded_items = [1.0 if i < round(grounded * N) else 0.0 for i in range(N)]
+    ood = [(100.0 + 7 * i) * (1 + ood_rise + rng.uniform(-0.005, 0.005)) for i in range(OOD_TEXTS)]
+    items = {"rouge_l": rouge, "format_ok": fmt_items, "grounded": grounded_items, "ood_loss": ood}
+    return Scores(sum(rouge) / N, fmt, grounded, sum(ood) / OOD_TEXTS, items)
+
+
+def _rouge(mean: float, seed: int, spread: float = 0.15) -> list[float]:
+    rng = random.Random(seed)
+    return [min(1.0, max(0.0, mean + rng.uniform(-spread, spread))) for _ in range(N)]
+
+
+BASE_ROUGE = _rouge(0.20, seed=1)
+BASE = _scores(BASE_ROUGE, fmt=0.0, grounded=0.0)
+GOOD_ROUGE = [min(1.0, r + 0.4) for r in BASE_ROUGE]
+GOOD = _scores(GOOD_ROUGE, fmt=1.0, grounded=0.8, ood_rise=0.01)
 
 
 def test_a_clear_improvement_without_a_champion_passes() -> None:
     decision = decide(GOOD, BASE, None, GateThresholds())
     assert decision.passed, decision.reasons
+    assert decision.intervals["rouge_l.vs_base"].low > 0.3
 
 
 def test_a_candidate_no_better_than_base_fails() -> None:
-    decision = decide(Scores(0.22, 1.0, 0.8, 3.0), BASE, None, GateThresholds())
+    decision = decide(_scores(_rouge(0.21, seed=2), 1.0, 0.8), BASE, None, GateThresholds())
     assert not decision.passed
-    assert any("vs base" in r and r.startswith("FAIL") for r in decision.reasons)
+    assert any("ROUGE-L vs base" in r and r.startswith("FAIL") for r in decision.reasons)
 
 
 def test_too_much_forgetting_fails() -> None:
-    decision = decide(Scores(0.6, 1.0, 0.8, 3.3), BASE, None, GateThresholds(max_forgetting=0.05))
+    decision = decide(_scores(GOOD_ROUGE, 1.0, 0.8, ood_rise=0.10), BASE, None, GateThresholds(max_forgetting=0.05))
     assert not decision.passed
     assert any("OOD" in r and r.startswith("FAIL") for r in decision.reasons)
 
 
 def test_a_candidate_worse_than_the_champion_fails() -> None:
-    worse = Scores(0.40, 1.0, 0.5, 3.0)
+    worse = _scores([r - 0.2 for r in GOOD_ROUGE], 1.0, 0.5)
     decision = decide(worse, BASE, GOOD, GateThresholds())
     assert not decision.passed
     failed = [r for r in decision.reasons if r.startswith("FAIL")]
-    assert any("champion" in r for r in failed) and any("grounding" in r for r in failed)
+    assert any("ROUGE-L vs champion" in r for r in failed) and any("grounding vs champion" in r for r in failed)
 
 
-def test_beating_the_champion_on_every_rule_passes() -> None:
-    better = Scores(0.70, 1.0, 0.9, 3.02)
-    assert decide(better, BASE, GOOD, GateThresholds()).passed
+def test_a_clearly_better_candidate_than_the_champion_passes() -> None:
+    better = _scores([min(1.0, r + 0.1) for r in GOOD_ROUGE], 1.0, 0.9, ood_rise=0.01)
+    decision = decide(better, BASE, GOOD, GateThresholds())
+    assert decision.passed, decision.reasons
+    assert decision.intervals["rouge_l.vs_champion"].low > 0.0
+
+
+def test_a_candidate_equal_to_the_champion_within_noise_is_refused_naming_metric_and_interval() -> None:
+    # Same mean as the champion, items jittered both ways: the point estimate may come out ahead by chance,
+    # the interval straddles zero, so the gate refuses.
+    rng = random.Random(7)
+    jitter = [rng.choice((-0.05, 0.05)) for _ in range(N)]
+    noisy = _scores([r + j for r, j in zip(GOOD_ROUGE, jitter, strict=True)], 1.0, 0.8, ood_rise=0.01)
+    decision = decide(noisy, BASE, GOOD, GateThresholds())
+    assert not decision.passed
+    interval = decision.intervals["rouge_l.vs_champion"]
+    assert interval.low < 0 < interval.high
+    (reason,) = [r for r in decision.reasons if r.startswith("FAIL")]
+    assert "ROUGE-L vs champion" in reason and f"CI {interval.low:+.3f}, {interval.high:+.3f}" in reason
+
+
+def test_an_identical_candidate_is_refused() -> None:
+    decision = decide(GOOD, BASE, GOOD, GateThresholds())
+    assert not decision.passed
+    assert any(r.startswith("FAIL: ROUGE-L vs champion") for r in decision.reasons)
+
+
+def test_scores_without_per_item_values_fail_closed() -> None:
+    bare = Scores(0.9, 1.0, 1.0, 3.0)
+    decision = decide(bare, BASE, None, GateThresholds())
+    assert not decision.passed
+    assert any("no paired per-item scores" in r for r in decision.reasons)
+
+
+def test_gate_table_lists_every_rule_with_its_interval() -> None:
+    decision = decide(GOOD, BASE, None, GateThresholds())
+    table = gate_table(decision)
+    assert "ROUGE-L vs base" in table and "OOD cross-entropy" in table
+    assert f"{decision.intervals['rouge_l.vs_base'].low:+.3f}" in table
+
+
+def test_the_bootstrap_is_deterministic_and_its_interval_contains_the_estimate() -> None:
+    a, b = _rouge(0.5, seed=3), _rouge(0.45, seed=4)
+    first, second = mean_gain(a, b), mean_gain(a, b)
+    assert first == second and first.low < first.estimate < first.high
+    with pytest.raises(ValueError, match="differ in length"):
+        mean_gain(a, b[:-1])
+    rise = ratio_rise([110.0, 220.0, 330.0, 108.0], [100.0, 200.0, 300.0, 100.0])
+    assert rise.low <= rise.estimate <= rise.high and rise.estimate == pytest.approx(768 / 700 - 1)
+
+
+def test_fewer_than_two_items_give_an_unbounded_interval() -> None:
+    one = mean_gain([1.0], [0.0])
+    assert one.low == float("-inf") and one.high == float("inf")
 
 
 def test_a_passing_candidate_held_by_a_moved_champion_or_a_new_yardstick_waits_for_a_person() -> None:
