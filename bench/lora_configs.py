@@ -1,6 +1,9 @@
 """Which LoRA configuration teaches the house format without forgetting general English?
 
-    python bench/lora_configs.py [--items 12] [--only N ...]
+    python bench/lora_configs.py [--items 12] [--only N ...] [--half tuning]
+
+Scores only the tuning half of the held-out items (`pipelines.evalsplit`) unless told otherwise: the LoRA
+defaults are chosen there, and `bench/lora_quality.py` / the README report the other half.
 
 Trains SmolLM2-135M-Instruct (or BASE_MODEL) once per configuration below with the pipeline's own
 `train_adapter`, and scores base and candidate with the DAG's `evaluate_model` on the held-out
@@ -21,9 +24,17 @@ from pipelines.behaviour.dataset import load_training_data
 from pipelines.behaviour.evaluation import EvalConfig, evaluate_model, forgetting
 from pipelines.behaviour.retrain import RetrainRequest
 from pipelines.behaviour.training import train_adapter
+from pipelines.evalsplit import split_of
 from pipelines.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def eval_split_key(record_id: str) -> str:
+    """The id that decides an eval record's half: its golden query (`eval-q_3` -> `q_3`) or source chunk."""
+    return record_id.removeprefix("abstain-").removeprefix("eval-").removeprefix("p-")
+
+
 # (top_layers, steps, learning_rate): 0 layers = all of them.
 CONFIGS = [(8, 16, 2e-3), (0, 40, 3e-3), (0, 120, 2e-3), (0, 120, 1e-3), (16, 120, 2e-3)]
 
@@ -32,10 +43,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=12, help="held-out questions per model")
     parser.add_argument("--only", type=int, nargs="*", help="indices into CONFIGS to run")
+    parser.add_argument("--half", choices=("tuning", "reporting", "all"), default="tuning",
+                        help="held-out items to score: LoRA defaults are chosen on the tuning half")  # fmt: skip
     args = parser.parse_args()
     settings = get_settings()
     request = RetrainRequest.from_settings(settings)
     data = load_training_data(request.data_dir)
+    if args.half != "all":
+        data = replace(data, eval=[r for r in data.eval if split_of(eval_split_key(r.id)) == args.half])
     base = resolve_base_model(settings)
     tokenizer = load_tokenizer(base)
     evaluation = EvalConfig(items=args.items, max_new_tokens=settings.eval_max_new_tokens)
