@@ -132,17 +132,55 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     except IntegrityError as err:  # a tampered or corrupt adapter: refuse to answer with it
         print(f"pipelines ask: {err}", file=sys.stderr)
         return 1
-    print(answer.text)
-    for c in answer.citations:
-        print(f"  [{c.label}] {c.title[:70]}  ({c.doc_id}, chunk {c.chunk_id})  {c.source_url}")
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(answer), indent=2, ensure_ascii=False))
+        return 0 if answer.follows_format and answer.grounded else 1
+    print(render_answer(answer))
     t = answer.timings
     print(f"model {answer.model} | retrieval {t.retrieval_s * 1000:.0f} ms, generation {t.generation_s * 1000:.0f} ms"
           f" (model load {t.model_load_s:.1f} s)")  # fmt: skip
-    if not answer.grounded:
+    if answer.abstained:
+        print("(the retrieved sources do not answer this question)", file=sys.stderr)
+    elif not answer.grounded:
         print("(not supported by any retrieved source: do not rely on this answer)", file=sys.stderr)
     elif answer.relabelled:
         print(f"(sources corrected: the model wrote {answer.raw.rsplit('Sources:', 1)[-1].strip()})")
     return 0 if answer.follows_format and answer.grounded else 1
+
+
+def render_answer(answer: Answer) -> str:
+    """The answer for a reader: its sentences with their source numbers, then the numbered sources with titles."""
+    import textwrap
+
+    numbers: dict[str, int] = {}  # chunk id -> source number, in order of first use
+    for chunk_id in [s.chunk_id for s in answer.sentences if s.chunk_id] + [c.chunk_id for c in answer.citations]:
+        numbers.setdefault(chunk_id, len(numbers) + 1)
+    if answer.sentences and not answer.abstained:
+        parts = []
+        for s in answer.sentences:
+            if s.text in answer.dropped:
+                continue
+            mark = f" [{numbers[s.chunk_id]}]" if s.supported and s.chunk_id else " [unsupported]"
+            parts.append(s.text + mark)
+        body = " ".join(parts) or answer.text
+    else:
+        body = answer.text
+    lines = ["Answer:", textwrap.indent(textwrap.fill(body, 100), "  ")]
+    if answer.dropped:
+        lines.append(f"  ({len(answer.dropped)} unsupported sentence(s) left out: STRICT_GROUNDING)")
+    shown = {c.chunk_id: c for c in answer.contexts}
+    titles = {c.chunk_id: (c.title, c.source_url) for c in answer.citations}
+    if numbers:
+        lines += ["", "Sources:"]
+        for chunk_id, n in numbers.items():
+            title, url = titles.get(chunk_id, (shown[chunk_id].title if chunk_id in shown else chunk_id, ""))
+            lines.append(f"  {n}. {' '.join(title.split())[:90]}" + (f"  <{url}>" if url else ""))
+            spans = [s.span for s in answer.sentences if s.chunk_id == chunk_id and s.supported and s.span]
+            for span in spans[:1]:
+                lines.append(textwrap.indent(textwrap.fill(f"“{span}”", 96), "     "))
+    return "\n".join(lines)
 
 
 def _drop(args: argparse.Namespace, settings: Settings) -> int:
@@ -208,10 +246,9 @@ def _print_demo_summary(settings: Settings, runs: list[FinishedRun], answer: Ans
         print(f"    Airflow run: {run.url}")
         print(f"    {run.note or f'MLflow run: not noted; see experiment {run.dag_id} in the MLflow UI'}")
     if answer is not None:
-        print(f"ask ({answer.model}): {answer.question}")
-        print(f"    {answer.text}")
-        for c in answer.citations:
-            print(f"    [{c.label}] {c.title[:70]}  ({c.doc_id}, chunk {c.chunk_id})")
+        print(f"\nQuestion ({answer.model}): {answer.question}")
+        print(render_answer(answer))
+        print('(the same with every field as JSON: pipelines ask --json "<question>")\n')
     login = f"login {settings.airflow_admin_user} / {settings.airflow_admin_password}"
     print(f"Airflow UI : {settings.airflow_url}  ({login}) - DAG runs and task logs")
     print(
@@ -342,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("-k", type=int, default=None, help="chunks to retrieve (default ANSWER_CONTEXTS)")
     p.add_argument("--groups", default="", help="comma-separated groups of the caller (ACL)")
+    p.add_argument("--json", action="store_true", help="print the whole answer (sentences, spans, timings) as JSON")
     COMMANDS["ask"] = _ask
     p = sub.add_parser("drop", help="add documents or training data and start the DAG that consumes them")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders whose files are dropped")

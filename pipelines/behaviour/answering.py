@@ -11,6 +11,11 @@ that does support the answer is cited instead (`relabelled`, the model's output 
 `raw`). An answer no retrieved chunk supports is marked `grounded=False`, never passed off.
 Citations map the labels the model wrote back to the chunks that were really retrieved;
 a label that names no retrieved chunk is dropped and counted, never invented.
+
+Each answer sentence is also checked on its own (`pipelines.behaviour.grounding`): it is cited
+with the retrieved chunk that supports it (the model's own label when that one does) and the
+span of that chunk it matches, or marked unsupported. With `STRICT_GROUNDING` unsupported
+sentences are dropped from the text shown; an answer left with none becomes the abstention.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.behaviour.grounding import sentence_support, split_sentences
 from pipelines.behaviour.house_format import (
+    ABSTENTION,
     ContextChunk,
     ParsedAnswer,
     best_window,
     chat_messages,
     check_grounding,
     format_answer,
+    is_abstention,
     parse_answer,
 )
 from pipelines.settings import Settings
@@ -46,6 +54,19 @@ class Citation:
     doc_id: str
     title: str
     source_url: str
+
+
+@dataclass(frozen=True)
+class SentenceCitation:
+    """One answer sentence, the retrieved chunk that supports it best and the span it matches there."""
+
+    text: str
+    label: int | None  # the supporting chunk's label in the prompt; None when no chunk was shown
+    chunk_id: str
+    support: float  # in-order share of the sentence's content words found in that chunk (grounding.support)
+    span: str  # the stretch of the chunk the sentence matches
+    supported: bool  # support reaches the strict threshold (grounding.STRICT)
+    cited_by_model: bool  # the model itself cited this chunk for the answer
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,9 @@ class Answer:
     contexts: list[ContextChunk] = field(default_factory=list)  # what the model was shown, [label] -> text
     grounded: bool = False  # a cited chunk supports the answer
     relabelled: bool = False  # the model's labels did not support it; the supporting chunk is cited instead
+    sentences: list[SentenceCitation] = field(default_factory=list)  # per sentence of the model's answer
+    dropped: list[str] = field(default_factory=list)  # unsupported sentences removed (STRICT_GROUNDING)
+    abstained: bool = False  # the answer says the sources do not hold the answer
 
 
 @dataclass(frozen=True)
@@ -169,6 +193,37 @@ def supporting_labels(answer: str, labels: Sequence[int], contexts: Sequence[Con
     return others, bool(others)
 
 
+def cite_sentences(answer: str, labels: Sequence[int], contexts: Sequence[ContextChunk]) -> list[SentenceCitation]:
+    """Each sentence of `answer` with the shown chunk that supports it: the model's own label when that one
+    does strictly, else whichever shown chunk supports it best; `supported` says whether that is enough."""
+    if is_abstention(answer):
+        return []
+    by_label = {c.label: c for c in contexts}
+    cited: list[SentenceCitation] = []
+    for sentence in split_sentences(answer):
+        best = sentence_support(sentence, contexts, list(labels))
+        if not best.strict:
+            anywhere = sentence_support(sentence, contexts, [c.label for c in contexts])
+            best = anywhere if anywhere.support > best.support else best
+        chunk = by_label.get(best.label) if best.label is not None else None
+        cited.append(
+            SentenceCitation(sentence, best.label, chunk.chunk_id if chunk else "", best.support, best.span,
+                             best.strict, best.label in labels)
+        )  # fmt: skip
+    return cited
+
+
+def strict_text(text: str, sentences: Sequence[SentenceCitation]) -> tuple[str, list[str]]:
+    """The answer without its unsupported sentences (STRICT_GROUNDING), and those dropped.
+
+    An answer with no supported sentence becomes the abstention: nothing unsupported is shown.
+    """
+    if not sentences:  # an abstention, or nothing to check
+        return text, []
+    kept = [s.text for s in sentences if s.supported]
+    return (" ".join(kept) if kept else ABSTENTION), [s.text for s in sentences if not s.supported]
+
+
 def ask(settings: Settings, question: str, k: int | None = None, user_groups: Sequence[str] = ()) -> Answer:
     """Answer `question` from the live index with the champion model, citing the chunks used."""
     from pipelines.knowledge.retrieval import search
@@ -213,9 +268,12 @@ def answer_from_hits(
         grounded = bool(labels)
         if relabelled:
             citations, _, _ = cite(format_answer(parsed.answer, labels), hits)
+    text = parsed.answer if parsed else raw
+    sentences = cite_sentences(text, parsed.labels if parsed else (), contexts)
+    text, dropped = strict_text(text, sentences) if settings.strict_grounding else (text, [])
     return Answer(
         question=question,
-        text=parsed.answer if parsed else raw,
+        text=text,
         citations=citations,
         model=loaded.description,
         raw=raw,
@@ -226,4 +284,7 @@ def answer_from_hits(
         contexts=contexts,
         grounded=grounded,
         relabelled=relabelled,
+        sentences=sentences,
+        dropped=dropped,
+        abstained=is_abstention(text),
     )
