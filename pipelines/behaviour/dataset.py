@@ -9,8 +9,9 @@
   distractors and teach the house abstention (`Sources: none`): grounding, not
   just format (issue 14 item 3). Chunk texts are cleaned of shared page chrome
   first, as the index cleans them (`pipelines.knowledge.boilerplate`);
-- `eval.jsonl`: the 50 real queries, held out, answered from the best chunk of
-  the report their judgement names; no chunk or answer of these is trained on;
+- `eval.jsonl`: the yardstick (`yardstick.py`): the 50 real queries answered from the
+  best chunk of the report their judgement names, questions written from report
+  passages and an abstention set; no chunk or answer of these is trained on;
 - `ood.jsonl`: frozen general-text paragraphs for measuring forgetting.
 """
 
@@ -318,24 +319,32 @@ def _train_records(rng: random.Random, chunks: Sequence[_Chunk], held_out: set[s
 def write_training_sample(source_dir: Path, out_dir: Path, seed: int = 13) -> TrainingData:
     """Build `train.jsonl`, `eval.jsonl` and `ood.jsonl` under `out_dir` from the business-reports set.
 
-    Eval uses the real queries with the corrected report-level judgements; training
-    never uses a chunk that an eval record answers from (no leakage).
+    Eval is the yardstick: the real queries with the corrected report-level judgements, questions
+    written from report passages and an abstention set; training never uses a chunk that an eval
+    record answers from, nor its neighbours (no leakage).
     """
+    from pipelines.behaviour.yardstick import abstention_items, held_out_chunks, passage_items, query_items
+
     rng = random.Random(seed)
     chunks = _read_chunks(source_dir / "corpus.jsonl")
     queries = {
         row["_id"]: row["text"] for row in map(json.loads, (source_dir / "queries.jsonl").read_text().splitlines())
     }
     qrels: dict[str, str] = {}
+    relevant: dict[str, set[str]] = defaultdict(set)
     for line in (source_dir / "qrels" / "reports.tsv").read_text().splitlines()[1:]:
         query_id, report, score = line.split("\t")
         if int(score) > 0:
             qrels.setdefault(query_id, report)
-    eval_records = _eval_records(rng, chunks, queries, qrels)
-    held_out = {ctx.chunk_id for r in eval_records for ctx in r.contexts if f"[{ctx.label}]" in r.reference}
-    train_records = _train_records(rng, chunks, held_out, TRAIN_RECORDS)
+            relevant[query_id].add(report)
+    # The yardstick (pipelines.behaviour.yardstick): real queries, passage questions, abstention set.
+    queried = query_items(_eval_records(rng, chunks, queries, qrels))
+    passages = passage_items(chunks, held_out_chunks(queried))
+    yardstick = [*queried, *passages, *abstention_items(chunks, [*queried, *passages], relevant)]
+    eval_records = [item.record for item in yardstick]
+    train_records = _train_records(rng, chunks, held_out_chunks(yardstick), TRAIN_RECORDS)
     ood = [OodText(f"ood-{i:02d}", topic, text) for i, (topic, text) in enumerate(OOD_PARAGRAPHS, start=1)]
     write_jsonl(out_dir / TRAIN_FILE, (r.to_json() for r in train_records))
-    write_jsonl(out_dir / EVAL_FILE, (r.to_json() for r in eval_records))
+    write_jsonl(out_dir / EVAL_FILE, (item.to_json() for item in yardstick))
     write_jsonl(out_dir / OOD_FILE, (json.dumps(asdict(o), ensure_ascii=False) for o in ood))
     return TrainingData(train_records, eval_records, ood)

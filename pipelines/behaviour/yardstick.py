@@ -296,3 +296,11 @@ def query_items(records: Sequence[InstructionRecord]) -> list[YardstickItem]:
         key = record.id.removeprefix("eval-")
         items.append(YardstickItem(record, "query", report, parsed.answer if parsed else "", key))
     return items
+
+
+def item_kind_and_split(record: InstructionRecord) -> tuple[Kind, Split]:
+    """An eval record's kind and half, from its id alone (`eval-q_3`, `eval-p-<chunk>`, `abstain-…`)."""
+    name = record.id
+    kind: Kind = "abstention" if name.startswith("abstain-") else "passage" if name.startswith("eval-p-") else "query"
+    key = name.removeprefix("abstain-").removeprefix("eval-").removeprefix("p-")
+    return kind, split_of(key)
