@@ -53,12 +53,14 @@ from airflow.sdk import Param, dag, get_current_context, task
 def promote_model() -> None:
     @task
     def move_alias() -> dict:
-        from pipelines.behaviour.registry import apply_alias_request
-        from pipelines.orchestration import fail_fast
+        from pipelines.behaviour.registry import AliasRequest, apply_alias_request
+        from pipelines.orchestration import RunOrigin, fail_fast
         from pipelines.settings import get_settings
 
+        context = get_current_context()
         with fail_fast():
-            return apply_alias_request(get_settings(), get_current_context())
+            request, actor = AliasRequest.from_params(context["params"]), RunOrigin.of(context).actor
+            return apply_alias_request(get_settings(), request, actor).to_dict()
 
     @task
     def audit_registry() -> dict:

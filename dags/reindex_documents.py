@@ -70,11 +70,11 @@ def reindex_documents() -> None:
     @task(retries=0)
     def validate() -> str:
         from pipelines.knowledge.reindex import validate_step
-        from pipelines.orchestration import fail_fast
+        from pipelines.orchestration import RunOrigin, fail_fast
         from pipelines.settings import get_settings
 
         with fail_fast():
-            return validate_step(get_settings(), get_current_context())
+            return validate_step(get_settings(), RunOrigin.of(get_current_context()).tags())
 
     @task
     def version(mlflow_run_id: str) -> dict[str, str]:
@@ -86,7 +86,7 @@ def reindex_documents() -> None:
         return version_step(get_settings(), mlflow_run_id)
 
     @task(pool=WRITER_POOL)
-    def index(mlflow_run_id: str, _version: dict[str, str]) -> dict:
+    def index(mlflow_run_id: str) -> dict:
         from dataclasses import asdict
 
         from pipelines.knowledge.reindex import index_step
@@ -94,10 +94,9 @@ def reindex_documents() -> None:
         from pipelines.settings import get_settings
 
         params = get_current_context()["params"]
+        full_rebuild, allow_mass_change = bool(params["full_rebuild"]), bool(params.get("allow_mass_change", False))
         with fail_fast():
-            result = index_step(get_settings(), mlflow_run_id, bool(params["full_rebuild"]),
-                                allow_mass_change=bool(params.get("allow_mass_change", False)))  # fmt: skip
-        return asdict(result)
+            return asdict(index_step(get_settings(), mlflow_run_id, full_rebuild, allow_mass_change=allow_mass_change))
 
     @task(pool=WRITER_POOL, retries=0)
     def evaluate(mlflow_run_id: str, result: dict) -> dict:
@@ -106,11 +105,12 @@ def reindex_documents() -> None:
         from pipelines.settings import get_settings
 
         with fail_fast():
-            report = evaluate_step(get_settings(), mlflow_run_id, IndexResult(**result))
-        return {"accepted": report.accepted, "alias_target": report.alias_target, "metrics": report.metrics}
+            return evaluate_step(get_settings(), mlflow_run_id, IndexResult(**result)).summary()
 
     mlflow_run_id = validate()
-    evaluate(mlflow_run_id, index(mlflow_run_id, version(mlflow_run_id)))
+    indexed = index(mlflow_run_id)
+    version(mlflow_run_id) >> indexed  # the snapshot is versioned before the index changes
+    evaluate(mlflow_run_id, indexed)
 
 
 reindex_documents()

@@ -91,12 +91,11 @@ def retrain_lora() -> None:
     @task(retries=0)
     def validate() -> str:
         from pipelines.behaviour.retrain import validate_data
-        from pipelines.orchestration import fail_fast
+        from pipelines.orchestration import RunOrigin, fail_fast
         from pipelines.settings import get_settings
-        from pipelines.tracking import airflow_tags
 
         with fail_fast():
-            return validate_data(get_settings(), request(), airflow_tags(get_current_context()))
+            return validate_data(get_settings(), request(), RunOrigin.of(get_current_context()).tags())
 
     @task
     def version(mlflow_run: str) -> str:
@@ -110,7 +109,7 @@ def retrain_lora() -> None:
             return version_data(get_settings(), mlflow_run)
 
     @task
-    def train(mlflow_run: str, _dvc_hash: str) -> str:
+    def train(mlflow_run: str) -> str:
         from pipelines.behaviour.retrain import train_candidate
         from pipelines.orchestration import fail_fast
         from pipelines.settings import get_settings
@@ -152,7 +151,8 @@ def retrain_lora() -> None:
 
     mlflow_run = validate()
     audit_registry() >> mlflow_run
-    model_uri = train(mlflow_run, version(mlflow_run))
+    model_uri = train(mlflow_run)
+    version(mlflow_run) >> model_uri  # train reads only the versioned snapshot
     summary = evaluate(mlflow_run, model_uri)
     decide(mlflow_run, register(mlflow_run, model_uri, summary), summary)
 

@@ -50,15 +50,6 @@ def tracked_run(
         yield run
 
 
-def airflow_tags(context: Mapping[str, Any] | None) -> dict[str, str]:
-    """Tags that link an MLflow run back to the Airflow run that made it."""
-    if not context:
-        return {}
-    dag_run = context.get("dag_run")
-    tags = {"airflow.dag_id": str(getattr(dag_run, "dag_id", "")), "airflow.run_id": str(context.get("run_id", ""))}
-    return {k: v for k, v in tags.items() if v}
-
-
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
     """Link to a run in the MLflow UI."""
     return f"{settings.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -305,27 +305,53 @@ def version_source(settings: Settings, version: str, name: str | None = None) ->
     return f"models:/{name or settings.registered_model}/{version}"
 
 
-def actor_from_context(context: Mapping[str, Any]) -> str:
-    """Who moves an alias from Airflow: the triggering user (when known) and the DAG run."""
-    dag_run = context.get("dag_run")
-    user = getattr(dag_run, "triggering_user_name", None) or "unknown user"
-    return f"{user} via airflow {getattr(dag_run, 'dag_id', '?')}/{context.get('run_id', '?')}"
+@dataclass(frozen=True)
+class AliasRequest:
+    """One `promote_model` run: point `alias` at `version`, or roll `champion` back."""
+
+    action: str = "promote"  # "promote" | "rollback"
+    version: str | None = None  # required for promote
+    alias: str = CHAMPION
+    reason: str = ""
+    override: bool = False  # promote to champion although the version's gate did not pass
+    model_name: str = ""  # empty: settings.registered_model
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> AliasRequest:
+        """From the DAG's params (`action`, `model_name`, `version`, `alias`, `reason`, `override`)."""
+        return cls(
+            action="rollback" if params.get("action") == "rollback" else "promote",
+            version=str(params["version"]) if params.get("version") else None,
+            alias=str(params.get("alias") or CHAMPION),
+            reason=str(params.get("reason") or "").strip(),
+            override=bool(params.get("override")),
+            model_name=str(params.get("model_name") or ""),
+        )
 
 
-def apply_alias_request(settings: Settings, context: Mapping[str, Any]) -> dict[str, Any]:
-    """Run a `promote_model` request (params `action`, `model_name`, `version`, `alias`, `reason`, `override`)."""
-    params = context["params"]
-    name = params.get("model_name") or settings.registered_model
-    actor, reason = actor_from_context(context), str(params.get("reason") or "").strip()
-    if params.get("action") == "rollback":
-        move = rollback(settings, actor, reason or "no reason given", name)
+@dataclass(frozen=True)
+class AppliedAliasMove:
+    """What an `AliasRequest` did: the model and the move recorded on its version."""
+
+    model: str
+    move: AliasMove
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.move.__dict__, "model": self.model}
+
+
+def apply_alias_request(settings: Settings, request: AliasRequest, actor: str) -> AppliedAliasMove:
+    """Run a `promote_model` request on behalf of `actor` (who and which run, recorded on the version)."""
+    name = request.model_name or settings.registered_model
+    if request.action == "rollback":
+        move = rollback(settings, actor, request.reason or "no reason given", name)
     else:
-        if not params.get("version"):
+        if not request.version:
             raise RegistryError("promote needs a version (param `version`)")
-        alias = params.get("alias") or CHAMPION
-        override = bool(params.get("override"))
-        move = promote(settings, str(params["version"]), actor, reason, alias=alias, name=name, override=override)
-    return {**move.__dict__, "model": name}
+        move = promote(
+            settings, request.version, actor, request.reason, alias=request.alias, name=name, override=request.override
+        )
+    return AppliedAliasMove(name, move)
 
 
 @dataclass(frozen=True)

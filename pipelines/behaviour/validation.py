@@ -3,7 +3,8 @@
 Every record of `train.jsonl` and `eval.jsonl` becomes a row of derived columns
 (roles, shortest turn, token count, a content key, a leakage flag, ...) and GX
 checks them. Any failed expectation fails the whole set: a model trained on a
-partly broken set is not worth registering, so training never starts.
+partly broken set is not worth registering, so training never starts. This module
+holds the frame, the suite and the reasons; `pipelines.expectations` runs GX.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from pipelines.behaviour.dataset import InstructionRecord, TrainingData
 from pipelines.behaviour.house_format import ANSWER_PATTERN, abstention_answer, is_abstention, parse_answer, words
+from pipelines.expectations import SuiteRun, run_suite
 
 ALLOWED_ROLES = ["user,assistant", "system,user,assistant"]
 # A training question or answer whose word 3-grams overlap an eval question's or answer's this much
@@ -191,51 +193,23 @@ def _suite(limits: DataLimits, train_rows: int) -> Any:
     return suite
 
 
-def _failures(result: Any, frame: Any) -> list[Failure]:
+def _failures(run: SuiteRun, frame: Any) -> list[Failure]:
     failures = []
-    for item in result.results:
-        if item.success:
-            continue
-        config = item.expectation_config
-        kind, column = config.type, config.kwargs.get("column", "")
-        reason = REASONS.get(f"{kind}:{column}") or REASONS.get(kind) or kind
-        indexes = (item.result or {}).get("unexpected_index_list") or []
-        # With `unexpected_index_column_names` GX reports rows as {"id": ...}; without, as positions.
-        examples = [str(i["id"]) if isinstance(i, dict) else str(frame.iloc[i]["id"]) for i in indexes][:10]
-        count = int((item.result or {}).get("unexpected_count") or (0 if column else 1))
-        failures.append(Failure(kind, column, reason, count, examples))
+    for outcome in run.failed:
+        examples = [str(frame.iloc[i]["id"]) for i in outcome.rows][:10]
+        count = outcome.count or (0 if outcome.column else 1)
+        failures.append(Failure(outcome.kind, outcome.column or "", outcome.reason(REASONS), count, examples))
     return failures
 
 
 def validate_training_data(data: TrainingData, tokenizer: Any, limits: DataLimits) -> DataReport:
     """Run the GX suite over train and eval records; the report lists every broken expectation."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     frame = _frame(data, tokenizer)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_definition = (
-        context.data_sources.add_pandas("training")
-        .add_dataframe_asset("records")
-        .add_batch_definition_whole_dataframe("all records")
-    )
-    suite = context.suites.add(_suite(limits, len(data.train)))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="training_data", data=batch_definition, suite=suite)
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]},
-    )
-    report = DataReport(
-        len(data.train), len(data.eval), len(data.ood), _failures(result, frame), len(suite.expectations)
-    )
+    run = run_suite("training_data", lambda: _suite(limits, len(data.train)), frame)
+    report = DataReport(len(data.train), len(data.eval), len(data.ood), _failures(run, frame), run.expectations)
     if len(data.train) < limits.min_train_records or len(data.eval) < limits.min_eval_records or not data.ood:
-        report.failures.append(
-            Failure("record_counts", "split", "too few records in a split", 1,
-                    [f"train={len(data.train)}", f"eval={len(data.eval)}", f"ood={len(data.ood)}"])
-        )  # fmt: skip
+        counts = [f"train={len(data.train)}", f"eval={len(data.eval)}", f"ood={len(data.ood)}"]
+        report.failures.append(Failure("record_counts", "split", "too few records in a split", 1, counts))
     return report
 
 

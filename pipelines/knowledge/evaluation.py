@@ -64,7 +64,7 @@ class RetrievalReport:
 
 
 @dataclass(frozen=True)
-class GateDecision:
+class RetrievalGateDecision:
     """Whether a run may go live, and why."""
 
     passed: bool
@@ -135,14 +135,14 @@ class Baseline:
     run_id: str
 
 
-def gate(current: Mapping[str, float], baselines: Sequence[Baseline], tolerance: float) -> GateDecision:
+def gate(current: Mapping[str, float], baselines: Sequence[Baseline], tolerance: float) -> RetrievalGateDecision:
     """Pass unless hybrid nDCG@10 or Recall@10 fell more than `tolerance` below any baseline.
 
     Comparing with a pinned reference as well as with the last accepted run stops quality from
     sliding down by the tolerance on every run.
     """
     if not baselines:
-        return GateDecision(True, ["no accepted run yet: this run sets the baseline"], None)
+        return RetrievalGateDecision(True, ["no accepted run yet: this run sets the baseline"], None)
     reasons, passed = [], True
     for baseline in baselines:
         for name in ("hybrid_ndcg_at_10", "hybrid_recall_at_10"):
@@ -155,4 +155,4 @@ def gate(current: Mapping[str, float], baselines: Sequence[Baseline], tolerance:
                                f"(tolerance {tolerance})")  # fmt: skip
             else:
                 reasons.append(f"{name} {now:.4f} vs {baseline.label} {before:.4f}: ok")
-    return GateDecision(passed, reasons, baselines[0].run_id)
+    return RetrievalGateDecision(passed, reasons, baselines[0].run_id)

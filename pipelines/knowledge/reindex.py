@@ -36,12 +36,12 @@ from pipelines.knowledge.boilerplate import CleaningReport, boilerplate_rule, re
 from pipelines.knowledge.chunking import Chunk, ChunkerConfig
 from pipelines.knowledge.documents import Document, load_documents, load_options
 from pipelines.knowledge.embedding import Embedder, VectorCache
-from pipelines.knowledge.evaluation import Baseline, GateDecision, evaluate_retrieval, gate, load_golden
+from pipelines.knowledge.evaluation import Baseline, RetrievalGateDecision, evaluate_retrieval, gate, load_golden
 from pipelines.knowledge.manifest import IndexManifest, IndexPlan, ManifestCorrupt, change_share, plan_update
 from pipelines.knowledge.retrieval import Retriever
 from pipelines.knowledge.validation import enforce, validate_documents, validation_limits
 from pipelines.settings import Settings
-from pipelines.tracking import airflow_tags, run_url, tracked_run
+from pipelines.tracking import run_url, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ReindexReport:
     run_id: str
     index: IndexResult
     metrics: dict[str, float]
-    decision: GateDecision
+    decision: RetrievalGateDecision
     alias_target: str | None = None
     dropped_collections: list[str] = field(default_factory=list)
 
@@ -111,8 +111,10 @@ def read_staged(path: Path) -> list[Document]:
     return [Document(**{**row, "acl": tuple(row["acl"])}) for row in rows]
 
 
-def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) -> str:
+def validate_step(settings: Settings, tags: Mapping[str, str] | None = None) -> str:
     """Load and validate today's documents; stage the valid ones. Returns the MLflow run id.
+
+    `tags` go on the MLflow run (the Airflow run it belongs to, from `RunOrigin.tags()`).
 
     A hard failure raises `ValidationFailed` here, before Weaviate is touched.
     """
@@ -121,8 +123,8 @@ def validate_step(settings: Settings, context: Mapping[str, Any] | None = None) 
     documents, problems = load_documents(settings.documents_location, load_options(settings))
     # Before validation: a document cleaned to nothing is quarantined there, with a reason, never dropped.
     documents, cleaning = remove_boilerplate(documents, boilerplate_rule(settings))
-    tags = {"pipeline": "reindex_documents", "documents.location": settings.documents_location}
-    with tracked_run(settings, settings.reindex_experiment, tags={**tags, **airflow_tags(context)}) as run:
+    run_tags = {"pipeline": "reindex_documents", "documents.location": settings.documents_location, **(tags or {})}
+    with tracked_run(settings, settings.reindex_experiment, tags=run_tags) as run:
         run_dir = _run_dir(settings, run.info.run_id)
         log_cleaning(run_dir, cleaning)
         report = validate_documents(documents, problems, validation_limits(settings), docs_dir=run_dir / "gx")
@@ -685,13 +687,13 @@ def _gate_and_apply(
 def run_reindex(
     settings: Settings,
     full_rebuild: bool = False,
-    context: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
     embedder: Embedder | None = None,
     allow_mass_change: bool = False,
 ) -> ReindexReport:
     """All four steps in one process (the CLI and tests; the DAG runs them as tasks)."""
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
-    run_id = validate_step(settings, context)
+    run_id = validate_step(settings, tags)
     version_step(settings, run_id)
     result = index_step(settings, run_id, full_rebuild, embedder, allow_mass_change)
     return evaluate_step(settings, run_id, result, embedder)

@@ -3,7 +3,7 @@
 Each expectation that a document breaks sends it to the quarantine report with
 the expectation's name and a reason; the rest go on to be indexed. Hard limits
 (no documents at all, too large a share invalid) stop the run before Weaviate is
-touched. GX runs inside the task (no Airflow provider: its pins break Airflow 3).
+touched. This module holds the frame, the suite and the reasons; `pipelines.expectations` runs GX.
 
 The GX frame holds no document text: only ids and derived columns (text length,
 number of PII patterns matched, ACL groups and problems). Data Docs and the report
@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.expectations import ExpectationOutcome, run_suite
 from pipelines.failures import ValidationFailed
 from pipelines.knowledge.boilerplate import REMOVED_CHARS_KEY
 from pipelines.knowledge.documents import DEFAULT_ACL_GROUP_PATTERN, PUBLIC, SUPPORTED_TYPES, Document, LoadProblem
@@ -174,40 +174,13 @@ REASONS = {
 }
 
 
-def _reason(kind: str, column: str | None, document: Document) -> str:
-    if column == "acl_problem":
+def _reason(outcome: ExpectationOutcome, document: Document) -> str:
+    if outcome.column == "acl_problem":
         return f"ACL: {document.acl_problem}"
     removed = document.metadata.get(REMOVED_CHARS_KEY)
-    if column == "text_length" and removed:  # say so when the cleaning, not the source, emptied it
+    if outcome.column == "text_length" and removed:  # say so when the cleaning, not the source, emptied it
         return f"text empty, too short or too long after boilerplate removal cut {removed} characters"
-    return REASONS.get(f"{kind}:{column}") or REASONS.get(kind) or kind
-
-
-def run_expectations(documents: Sequence[Document], limits: ValidationLimits, docs_dir: Path | None) -> Any:
-    """Validate the batch with GX; build Data Docs HTML under `docs_dir` when given."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    root = docs_dir or Path(tempfile.mkdtemp(prefix="gx-"))
-    context = gx.get_context(mode="file", project_root_dir=str(root))
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_or_update_pandas("documents")
-    asset = source.add_dataframe_asset("batch")
-    batch_definition = asset.add_batch_definition_whole_dataframe("whole batch")
-    suite = context.suites.add_or_update(_suite(limits))
-    definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name="documents", data=batch_definition, suite=suite)
-    )
-    checkpoint = context.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name="documents",
-            validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data docs")],
-            result_format={"result_format": "COMPLETE"},
-        )
-    )
-    result = checkpoint.run(batch_parameters={"dataframe": _frame(documents, limits)})
-    return next(iter(result.run_results.values())), root / "gx" / "uncommitted" / "data_docs" / "local_site"
+    return outcome.reason(REASONS)
 
 
 def validate_documents(
@@ -222,18 +195,15 @@ def validate_documents(
     bad_rows: set[int] = set()
     data_docs: Path | None = None
     if documents:
-        validation, data_docs = run_expectations(documents, limits, docs_dir)
-        for item in validation.results:
-            config = item.expectation_config
-            column = config.kwargs.get("column")
-            rows = (item.result or {}).get("unexpected_index_list") or []
-            results.append({"expectation": config.type, "column": column, "success": bool(item.success)})
-            for row in rows:
-                index = int(row) if not isinstance(row, dict) else int(next(iter(row.values())))
+        run = run_suite("documents", lambda: _suite(limits), _frame(documents, limits), docs_dir)
+        data_docs = run.data_docs_dir
+        for outcome in run.outcomes:
+            results.append({"expectation": outcome.kind, "column": outcome.column, "success": outcome.success})
+            for index in outcome.rows:
                 bad_rows.add(index)
                 document = documents[index]
-                reason = _reason(config.type, column, document)
-                quarantine.append(QuarantineRecord(document.id, config.type, reason, document.acl))
+                reason = _reason(outcome, document)
+                quarantine.append(QuarantineRecord(document.id, outcome.kind, reason, document.acl))
     valid = [d.id for i, d in enumerate(documents) if i not in bad_rows]
     report = ValidationReport(len(documents) + len(problems), valid, quarantine, results, str(data_docs or ""))
     if not valid:
