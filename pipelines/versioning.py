@@ -28,6 +28,10 @@ class DataVersion:
     git_revision: str
     tracking_file: str
 
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags of a versioned run; the same names in both layers."""
+        return {"data.dvc_hash": self.dvc_hash, "git_revision": self.git_revision}
+
 
 def _dvc(repo_dir: Path, *args: str) -> str:
     # Self-hosted: DVC would otherwise phone home with usage analytics on every command.
@@ -84,28 +88,25 @@ def tracked_hash(tracking_file: Path) -> str:
     return str(outs[0]["md5"])
 
 
-def snapshot(data_dir: Path, push: bool = True, remote: str | None = None) -> DataVersion:
-    """`dvc add` the folder (rewriting `<folder>.dvc`) and push it to the remote.
+def snapshot(
+    repo_dir: Path, out: str, source: Path | None = None, push: bool = True, remote: str | None = None
+) -> DataVersion:
+    """Record folder `out` of the DVC project `repo_dir` (`<out>.dvc`) and push it to the remote.
 
-    The DVC project is the folder's parent; an unchanged folder keeps its hash.
+    In place by default: `dvc add out`, then `dvc push`; an unchanged folder keeps its hash. With
+    `source` (data staged outside the project, as the behaviour layer's validated snapshot), DVC
+    records a copy of it as `out`, uploading straight to the remote: the live data folder is untouched.
     """
-    repo_dir = data_dir.parent
     stale = clear_stale_locks(repo_dir)
     if stale:
         log.warning("removed stale DVC locks of dead processes: %s", ", ".join(stale))
-    _dvc(repo_dir, "add", "--quiet", data_dir.name)
-    if push:
-        _dvc(repo_dir, "push", "--quiet", *(["--remote", remote] if remote else []))
-    tracking_file = repo_dir / f"{data_dir.name}.dvc"
-    return DataVersion(tracked_hash(tracking_file), git_revision(repo_dir), str(tracking_file))
-
-
-def snapshot_copy(source: Path, repo_dir: Path, out: str, remote: str | None = None) -> DataVersion:
-    """Version a folder outside the DVC project as output `out` (`<out>.dvc`), uploading straight to the remote.
-
-    For data staged elsewhere (the behaviour layer's validated snapshot): the live data folder is untouched.
-    """
-    _dvc(repo_dir, "add", "--quiet", "--to-remote", *(["--remote", remote] if remote else []), "-o", out, str(source))
+    remote_args = ["--remote", remote] if remote else []
+    if source is None:
+        _dvc(repo_dir, "add", "--quiet", out)
+        if push:
+            _dvc(repo_dir, "push", "--quiet", *remote_args)
+    else:
+        _dvc(repo_dir, "add", "--quiet", "--to-remote", *remote_args, "-o", out, str(source))
     tracking_file = repo_dir / f"{out}.dvc"
     return DataVersion(tracked_hash(tracking_file), git_revision(repo_dir), str(tracking_file))
 

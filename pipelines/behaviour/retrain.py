@@ -177,12 +177,12 @@ def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str
 def version_data(settings: Settings, run_id: str) -> str:
     """Version the staged snapshot (not the live folder) with DVC; tag the run with its hash and git revision."""
     import mlflow
-    from pipelines.versioning import snapshot_copy
+    from pipelines.versioning import snapshot
 
     staged = _staged(settings, run_id)
-    version = snapshot_copy(staged.folder, settings.data_dir.parent, DVC_OUT)
+    version = snapshot(settings.data_dir.parent, DVC_OUT, source=staged.folder)
     with _run(settings, run_id=run_id):
-        mlflow.set_tags({"data.dvc_hash": version.dvc_hash, "data.git_revision": version.git_revision})
+        mlflow.set_tags(version.tags())
     return version.dvc_hash
 
 

@@ -170,16 +170,16 @@ def version_step(settings: Settings, run_id: str) -> dict[str, str]:
     """Record the validated snapshot with DVC and tag the run with its hash and git revision."""
     import mlflow
     from pipelines.tracking import git_revision
-    from pipelines.versioning import snapshot
+    from pipelines.versioning import DataVersion, snapshot
 
     is_local = not settings.documents_url and (settings.data_dir.parent / ".dvc").is_dir()
     if is_local:
         if "dvc_add" in settings.crash_at.split(","):
             kill_dvc_mid_add(settings)
-        version = snapshot(settings.data_dir)
-        tags = {"data.dvc_hash": version.dvc_hash, "git_revision": version.git_revision}
+        version = snapshot(settings.data_dir.parent, settings.data_dir.name)
     else:  # an external source is versioned where it lives; record what we can
-        tags = {"data.dvc_hash": "n/a (external source)", "git_revision": git_revision(settings.project_dir)}
+        version = DataVersion("n/a (external source)", git_revision(settings.project_dir), "")
+    tags = version.tags()
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
         mlflow.set_tags(tags)
     (_run_dir(settings, run_id) / "version.json").write_text(json.dumps(tags))
