@@ -42,8 +42,9 @@ def timed_run(settings, documents, embedder, full: bool) -> float:  # type: igno
     started = time.perf_counter()
     if hasattr(reindex, "commit_index"):  # staged generations: index, then commit (readers switch)
         with idx.connect(settings) as client:  # one connection, as the direct path's index step has
-            result = reindex.index_step(settings, run_id, full_rebuild=full, embedder=embedder,
-                                        allow_mass_change=True, client=client)  # fmt: skip
+            result = reindex.index_step(
+                settings, run_id, full_rebuild=full, embedder=embedder, allow_mass_change=True, client=client
+            )
             reindex.commit_index(settings, run_id, result, client)
     else:  # writes straight into the live collection
         result = reindex.index_step(settings, run_id, full_rebuild=full, embedder=embedder)
@@ -62,10 +63,14 @@ def main() -> None:
     base = get_settings()
     documents, _ = load_documents(str(ROOT / "data" / "documents"))
     embedder = Embedder(base.embedding_model_path, base.embedding_batch_size)
-    settings = base.model_copy(update={"state_dir": Path(tempfile.mkdtemp(prefix="bench-pair-")),
-                                       "collection_alias": f"Pair{uuid.uuid4().hex[:6]}",
-                                       "vector_cache_file": ROOT / "bench" / "results" / ".vectors.sqlite",
-                                       "reindex_experiment": "bench-incremental-pair"})  # fmt: skip
+    settings = base.model_copy(
+        update={
+            "state_dir": Path(tempfile.mkdtemp(prefix="bench-pair-")),
+            "collection_alias": f"Pair{uuid.uuid4().hex[:6]}",
+            "vector_cache_file": ROOT / "bench" / "results" / ".vectors.sqlite",
+            "reindex_experiment": "bench-incremental-pair",
+        }
+    )
     timed_run(settings, documents, embedder, full=True)
     rng = random.Random(7)
     picked = rng.sample(range(len(documents)), max(1, round(len(documents) * 0.01)))
@@ -82,10 +87,16 @@ def main() -> None:
         for name in idx.versions(client, settings.collection_alias):
             client.collections.delete(name)
         client.alias.delete(alias_name=settings.collection_alias)
-    out = {"label": label, "code": str(Path(pipelines.__file__).parent), "documents": len(documents),
-           "changed_documents": len(picked), "unchanged_rerun_s": noop, "one_pct_s": one_pct,
-           "unchanged_rerun_median_s": statistics.median(noop),
-           "one_pct_median_s": statistics.median(one_pct)}  # fmt: skip
+    out = {
+        "label": label,
+        "code": str(Path(pipelines.__file__).parent),
+        "documents": len(documents),
+        "changed_documents": len(picked),
+        "unchanged_rerun_s": noop,
+        "one_pct_s": one_pct,
+        "unchanged_rerun_median_s": statistics.median(noop),
+        "one_pct_median_s": statistics.median(one_pct),
+    }
     print(json.dumps({k: v for k, v in out.items() if "median" in k or k == "label"}))
     path = ROOT / "bench" / "results" / f"incremental_pair-{label}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -139,14 +139,14 @@ def build_scenario(documents: list[Document], seed: int) -> Scenario:
             "rewrite_1pct": v1,
             "paragraph_edit_1pct": v2,
             "delete_1pct": v3,
-        },  # fmt: skip
+        },
         touched={
             "full_build": [],
             "unchanged_rerun": [ids[i] for i in rewritten],
             "rewrite_1pct": [ids[i] for i in rewritten],
             "paragraph_edit_1pct": [ids[i] for i in edited],
             "delete_1pct": [ids[i] for i in deleted],
-        },  # fmt: skip
+        },
     )
 
 
@@ -267,8 +267,15 @@ class LangChainIndex(_PeerReads):
             chunks = [c for d in documents for c in chunk_document(d, self.chunker)]
             docs = [LcDocument(page_content=c.embedding_text, metadata={"doc_id": c.doc_id}) for c in chunks]
             # key_encoder stays the default (sha1 -> UUID5): langchain-weaviate needs UUID ids.
-            index(docs, self.records, self.store, cleanup=self.cleanup, source_id_key="doc_id",  # type: ignore[arg-type]
-                  batch_size=BATCH, cleanup_batch_size=1000)  # fmt: skip
+            index(
+                docs,
+                self.records,
+                self.store,
+                cleanup=self.cleanup,
+                source_id_key="doc_id",  # type: ignore[arg-type]
+                batch_size=BATCH,
+                cleanup_batch_size=1000,
+            )
 
         return go
 
@@ -327,8 +334,9 @@ class LlamaIndexPipeline(_PeerReads):
         def go() -> None:
             self.originals.clear()
             self.originals.update({d.id: d for d in documents})
-            self.pipeline.run(documents=[LiDocument(text=d.text, id_=d.id, metadata={"title": d.title})
-                                         for d in documents])  # fmt: skip
+            self.pipeline.run(
+                documents=[LiDocument(text=d.text, id_=d.id, metadata={"title": d.title}) for d in documents]
+            )
 
         return go
 
@@ -345,8 +353,13 @@ class ReaderLog:
         return self.states["empty"] + self.states["mixed"]
 
 
-def watch(contender: Any, settings: Settings, expect: dict[str, tuple[set[str], set[str]]], stop: threading.Event,
-          log: ReaderLog) -> None:  # fmt: skip
+def watch(
+    contender: Any,
+    settings: Settings,
+    expect: dict[str, tuple[set[str], set[str]]],
+    stop: threading.Event,
+    log: ReaderLog,
+) -> None:
     """Query each touched document until `stop`; classify what a reader saw against its old and new chunks."""
     with idx.connect(settings) as client:
         while not stop.is_set():
@@ -363,8 +376,16 @@ def watch(contender: Any, settings: Settings, expect: dict[str, tuple[set[str], 
             time.sleep(0.002)
 
 
-def run_case(contender: Any, settings: Settings, client: Any, embedder: CountingEmbedder, chunker: ChunkerConfig,
-             before: list[Document], after: list[Document], touched: list[str]) -> dict[str, Any]:  # fmt: skip
+def run_case(
+    contender: Any,
+    settings: Settings,
+    client: Any,
+    embedder: CountingEmbedder,
+    chunker: ChunkerConfig,
+    before: list[Document],
+    after: list[Document],
+    touched: list[str],
+) -> dict[str, Any]:
     by_id_before, by_id_after = {d.id: d for d in before}, {d.id: d for d in after}
 
     def texts(doc: Document | None) -> set[str]:
@@ -400,7 +421,7 @@ def run_case(contender: Any, settings: Settings, client: Any, embedder: Counting
             {"steps_s": {k: round(v, 3) for k, v in contender.last_timings.items()}}
             if hasattr(contender, "last_timings")
             else {}
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -419,8 +440,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def make_contenders(names: Sequence[str], settings: Settings, client: Any, embedder: CountingEmbedder,
-                    chunker: ChunkerConfig) -> list[Any]:  # fmt: skip
+def make_contenders(
+    names: Sequence[str], settings: Settings, client: Any, embedder: CountingEmbedder, chunker: ChunkerConfig
+) -> list[Any]:
     tag = uuid.uuid4().hex[:6]
     made: dict[str, Callable[[], Any]] = {
         "pipelines": lambda: Pipelines(settings, embedder, tag),
@@ -487,8 +509,9 @@ def main() -> None:
             for case in CHANGED_CASES:
                 after = scenario.versions[case]
                 for contender in order:
-                    result = run_case(contender, settings, client, embedder, chunker, before, after,
-                                      scenario.touched[case])  # fmt: skip
+                    result = run_case(
+                        contender, settings, client, embedder, chunker, before, after, scenario.touched[case]
+                    )
                     raw[contender.name][case].append(result)
                     print(f"repeat {repeat + 1} {case:20s} {contender.name:22s} {result}", flush=True)
                 before = after
@@ -514,8 +537,12 @@ def main() -> None:
             }
 
     def describe_corpus(docs: list[Document], scale: int) -> dict[str, Any]:
-        return {"documents": len(docs), "scale": scale, "chunks": sum(len(chunk_document(d, chunker)) for d in docs),
-                "note": f"{scale} edition(s) of the 42 shared reports (id and title differ per edition)"}  # fmt: skip
+        return {
+            "documents": len(docs),
+            "scale": scale,
+            "chunks": sum(len(chunk_document(d, chunker)) for d in docs),
+            "note": f"{scale} edition(s) of the 42 shared reports (id and title differ per edition)",
+        }
 
     out = {
         "command": f"python bench/index_peers.py --scale {args.scale} --full-scale {args.full_scale} "
@@ -526,7 +553,7 @@ def main() -> None:
         "changed_cases_corpus": {
             **describe_corpus(corpus, args.scale),
             "documents_touched_per_case": {k: len(v) for k, v in scenarios[0].touched.items()},
-        },  # fmt: skip
+        },
         "setup_note": "the changed-data cases start from a corpus each contender indexed untimed with vectors reused; "
         "each repeat changes other documents with new text, then every contender is restored (untimed)",
         "settings": {
@@ -535,7 +562,7 @@ def main() -> None:
             "encoder_batch": settings.embedding_batch_size,
             "peer_batch": BATCH,
             "pipelines_write_page": settings.write_page_size,
-        },  # fmt: skip
+        },
         "summary": summary,
         "ratios_vs_best_peer": ratios,
         "raw": raw,

@@ -43,8 +43,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=12, help="held-out questions per model")
     parser.add_argument("--only", type=int, nargs="*", help="indices into CONFIGS to run")
-    parser.add_argument("--half", choices=("tuning", "reporting", "all"), default="tuning",
-                        help="held-out items to score: LoRA defaults are chosen on the tuning half")  # fmt: skip
+    parser.add_argument(
+        "--half",
+        choices=("tuning", "reporting", "all"),
+        default="tuning",
+        help="held-out items to score: LoRA defaults are chosen on the tuning half",
+    )
     args = parser.parse_args()
     settings = get_settings()
     request = RetrainRequest.from_settings(settings)
@@ -66,17 +70,28 @@ def main() -> None:
         report = evaluate_model("candidate", result.model, tokenizer, data.eval, data.ood, evaluation)
         rows.append((label, report, result.tokens_per_s, time.perf_counter() - started))
         print(f"{label}: {report.metrics()}", flush=True)
-    lines = ["| configuration | format | ROUGE-L | citations valid | grounded | OOD CE vs base | train tokens/s |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| configuration | format | ROUGE-L | citations valid | grounded | OOD CE vs base | train tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, r, rate, _ in rows:
         rise = "—" if rate is None else f"{forgetting(r, base_report):+.1%}"
-        lines.append(f"| {label} | {r.format_compliance:.2f} | {r.rouge_l:.3f} | {r.citation_validity:.2f} | "
-                     f"{r.grounding:.2f} | {rise} | {'—' if rate is None else f'{rate:.0f}'} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {r.format_compliance:.2f} | {r.rouge_l:.3f} | {r.citation_validity:.2f} | "
+            f"{r.grounding:.2f} | {rise} | {'—' if rate is None else f'{rate:.0f}'} |"
+        )
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"lora-configs-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps([{"configuration": label, "metrics": r.metrics(), "train_tokens_per_s": rate,
-                                "seconds": s} for label, r, rate, s in rows], indent=2))  # fmt: skip
+    out.write_text(
+        json.dumps(
+            [
+                {"configuration": label, "metrics": r.metrics(), "train_tokens_per_s": rate, "seconds": s}
+                for label, r, rate, s in rows
+            ],
+            indent=2,
+        )
+    )
     print(f"saved {out}")
 
 

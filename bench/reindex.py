@@ -181,8 +181,9 @@ def main() -> None:
     keys = [k for k in results[0] if k != "corpus"]
     print(f"{'metric':44s}" + "".join(f"{r['corpus']:>16s}" for r in results))
     for key in keys:
-        print(f"{key:44s}" + "".join(f"{r[key]:16.3f}" if isinstance(r[key], float) else f"{r[key]:16d}"
-                                      for r in results))  # fmt: skip
+        print(
+            f"{key:44s}" + "".join(f"{r[key]:16.3f}" if isinstance(r[key], float) else f"{r[key]:16d}" for r in results)
+        )
     out = ROOT / "bench" / "results" / "reindex.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "results": results}, indent=2))

@@ -96,14 +96,22 @@ def run_config(client: Any, collection: str, config: Config, golden: GoldenSet, 
     runs = {}
     for qid, text in golden.queries.items():
         if config.mode == "bm25":
-            result = target.query.bm25(text, query_properties=props, limit=DEPTH, filters=where,
-                                       return_properties=["doc_id"])  # fmt: skip
+            result = target.query.bm25(
+                text, query_properties=props, limit=DEPTH, filters=where, return_properties=["doc_id"]
+            )
         elif config.mode == "vector":
             result = target.query.near_vector(vectors[qid], limit=DEPTH, filters=where, return_properties=["doc_id"])
         else:
-            result = target.query.hybrid(text, vector=vectors[qid], alpha=config.alpha, fusion_type=fusion,
-                                         query_properties=props, limit=DEPTH, filters=where,
-                                         return_properties=["doc_id"])  # fmt: skip
+            result = target.query.hybrid(
+                text,
+                vector=vectors[qid],
+                alpha=config.alpha,
+                fusion_type=fusion,
+                query_properties=props,
+                limit=DEPTH,
+                filters=where,
+                return_properties=["doc_id"],
+            )
         runs[qid] = rank_documents([str(o.properties["doc_id"]) for o in result.objects])
     return runs
 
@@ -189,8 +197,9 @@ def all_configs() -> list[Config]:
     return configs + [Config("hybrid", a, f, b) for f in FUSIONS for a in ALPHAS for b in BOOSTS]
 
 
-def fixed_over_splits(scores: Mapping[Config, dict[str, dict[str, float]]], ids: Sequence[str],
-                      salts: Sequence[str]) -> dict[str, dict[str, float]]:  # fmt: skip
+def fixed_over_splits(
+    scores: Mapping[Config, dict[str, dict[str, float]]], ids: Sequence[str], salts: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Each fixed hybrid setting against the better single mode on every split's reporting half.
 
     Read-only evidence: a setting picked from this table would be picked on all queries, not on a tuning half.
@@ -204,8 +213,12 @@ def fixed_over_splits(scores: Mapping[Config, dict[str, dict[str, float]]], ids:
             vector = next(c for c in scores if c.mode == "vector")
             best = max(mean(scores[vector], reporting)[OBJECTIVE], mean(scores[bm25], reporting)[OBJECTIVE])
             margins.append(mean(scores[config], reporting)[OBJECTIVE] - best)
-        out[config.label] = {"ge_best_single": sum(m >= 0 for m in margins), "splits": len(salts),
-                             "mean_margin": statistics.fmean(margins), "worst_margin": min(margins)}  # fmt: skip
+        out[config.label] = {
+            "ge_best_single": sum(m >= 0 for m in margins),
+            "splits": len(salts),
+            "mean_margin": statistics.fmean(margins),
+            "worst_margin": min(margins),
+        }
     return out
 
 
@@ -261,8 +274,10 @@ def main() -> None:
 
 def print_summary(out: dict) -> None:
     main_split = out["main_split"]
-    print(f"split {main_split['salt']}: {main_split['tuning_queries']} tuning / {main_split['reporting_queries']} "
-          f"reporting queries")  # fmt: skip
+    print(
+        f"split {main_split['salt']}: {main_split['tuning_queries']} tuning / {main_split['reporting_queries']} "
+        f"reporting queries"
+    )
     heads = [f"{h} {m}" for h in ("tun", "rep") for m in METRICS.values()]
     print(f"{'row':24s} {'setting':44s} " + " ".join(f"{h:>18s}" for h in heads))
     for name, row in main_split["rows"].items():
@@ -270,8 +285,10 @@ def print_summary(out: dict) -> None:
         print(f"{name:24s} {row['setting']:44s} " + " ".join(f"{v:18.3f}" for v in cells))
     s = out["robustness_summary"]
     n = s["splits"]
-    print(f"robustness: tuned hybrid >= best single mode (reporting nDCG@5) on {s['hybrid_tuned_ge_best_single']}/{n}"
-          f" splits; untuned rank fusion on {s['hybrid_ranked_untuned_ge_best_single']}/{n}")  # fmt: skip
+    print(
+        f"robustness: tuned hybrid >= best single mode (reporting nDCG@5) on {s['hybrid_tuned_ge_best_single']}/{n}"
+        f" splits; untuned rank fusion on {s['hybrid_ranked_untuned_ge_best_single']}/{n}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,20 +36,48 @@ from airflow.sdk import Param, dag, get_current_context, task
     tags=["behaviour", "mlflow", "registry"],
     default_args={"owner": "behaviour-team", "retries": 0, "execution_timeout": timedelta(minutes=10)},
     params={
-        "action": Param("promote", type="string", enum=["promote", "rollback"], title="Action",
-                        description="promote: set the alias to Version; rollback: champion to the one before."),
-        "model_name": Param("", type="string", title="Registered model",
-                            description="Empty = settings (REGISTERED_MODEL, default house-style-lora)."),
-        "version": Param(None, type=["null", "integer"], minimum=1, title="Version",
-                         description="Model version to promote (required for promote)."),
-        "alias": Param("champion", type="string", pattern="^[a-z][a-z0-9_-]*$", title="Alias",
-                       description="Alias to move (promote only)."),
-        "reason": Param("manual promotion", type="string", minLength=3, title="Reason",
-                        description="Why; recorded on the model version. Required (not the default) with Override."),
-        "override": Param(False, type="boolean", title="Override a failed gate",
-                          description="Promote to champion although the version's gate did not pass; needs a Reason."),
+        "action": Param(
+            "promote",
+            type="string",
+            enum=["promote", "rollback"],
+            title="Action",
+            description="promote: set the alias to Version; rollback: champion to the one before.",
+        ),
+        "model_name": Param(
+            "",
+            type="string",
+            title="Registered model",
+            description="Empty = settings (REGISTERED_MODEL, default house-style-lora).",
+        ),
+        "version": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Version",
+            description="Model version to promote (required for promote).",
+        ),
+        "alias": Param(
+            "champion",
+            type="string",
+            pattern="^[a-z][a-z0-9_-]*$",
+            title="Alias",
+            description="Alias to move (promote only).",
+        ),
+        "reason": Param(
+            "manual promotion",
+            type="string",
+            minLength=3,
+            title="Reason",
+            description="Why; recorded on the model version. Required (not the default) with Override.",
+        ),
+        "override": Param(
+            False,
+            type="boolean",
+            title="Override a failed gate",
+            description="Promote to champion although the version's gate did not pass; needs a Reason.",
+        ),
     },
-)  # fmt: skip
+)
 def promote_model() -> None:
     @task
     def move_alias() -> dict:

@@ -55,21 +55,54 @@ from pipelines.orchestration.assets import TRAINING_DATA_ASSET
         "execution_timeout": timedelta(hours=6),
     },
     params={
-        "base_model": Param("", type="string", title="Base model",
-                            description="Hugging Face id or local folder; empty = the bundled SmolLM2-135M-Instruct."),
-        "steps": Param(None, type=["null", "integer"], minimum=1, maximum=100_000, title="Steps",
-                       description="Optimizer steps; empty = settings (LORA_STEPS)."),
-        "epochs": Param(0, type="number", minimum=0, maximum=100, title="Epochs",
-                        description="Whole passes over the training records; > 0 overrides Steps."),
-        "lora_rank": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="LoRA rank",
-                           description="Rank r of the adapters (alpha = 2r); empty = settings (LORA_RANK)."),
-        "eval_items": Param(None, type=["null", "integer"], minimum=1, maximum=1000, title="Eval items",
-                            description="Held-out questions scored per model; empty = settings (EVAL_ITEMS)."),
-        "promotion_policy": Param("auto", type="string", enum=["auto", "manual"], title="Promotion policy",
-                                  description="auto: a challenger that passes the gate becomes champion; "
-                                  "manual: it waits for a person (promote_model DAG or MLflow UI)."),
+        "base_model": Param(
+            "",
+            type="string",
+            title="Base model",
+            description="Hugging Face id or local folder; empty = the bundled SmolLM2-135M-Instruct.",
+        ),
+        "steps": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=100_000,
+            title="Steps",
+            description="Optimizer steps; empty = settings (LORA_STEPS).",
+        ),
+        "epochs": Param(
+            0,
+            type="number",
+            minimum=0,
+            maximum=100,
+            title="Epochs",
+            description="Whole passes over the training records; > 0 overrides Steps.",
+        ),
+        "lora_rank": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=256,
+            title="LoRA rank",
+            description="Rank r of the adapters (alpha = 2r); empty = settings (LORA_RANK).",
+        ),
+        "eval_items": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1000,
+            title="Eval items",
+            description="Held-out questions scored per model; empty = settings (EVAL_ITEMS).",
+        ),
+        "promotion_policy": Param(
+            "auto",
+            type="string",
+            enum=["auto", "manual"],
+            title="Promotion policy",
+            description="auto: a challenger that passes the gate becomes champion; "
+            "manual: it waits for a person (promote_model DAG or MLflow UI).",
+        ),
     },
-)  # fmt: skip
+)
 def retrain_lora() -> None:
     def request():  # type: ignore[no-untyped-def]
         from pipelines.behaviour.retrain import RetrainRequest

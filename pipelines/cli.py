@@ -25,8 +25,10 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.devstack import stack
 
     stack.up(settings, with_airflow=not args.no_airflow, with_serve=not args.no_serve)
-    print(f"\nAirflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
-          f"{settings.airflow_admin_password})")  # fmt: skip
+    print(
+        f"\nAirflow UI : {settings.airflow_url}  (login {settings.airflow_admin_user} / "
+        f"{settings.airflow_admin_password})"
+    )
     print(f"MLflow UI  : {settings.tracking_uri}")
     print(f"Weaviate   : {settings.weaviate_http_url}  (gRPC 127.0.0.1:{settings.weaviate_grpc_port})")
     if not args.no_serve:
@@ -88,8 +90,13 @@ def _rollback_index(args: argparse.Namespace, settings: Settings) -> int:
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.behaviour.retrain import RetrainRequest, run_retrain
 
-    overrides = {"steps": args.steps, "epochs": args.epochs, "lora_rank": args.lora_rank,
-                 "promotion_policy": args.policy, "base_model": args.base_model}  # fmt: skip
+    overrides = {
+        "steps": args.steps,
+        "epochs": args.epochs,
+        "lora_rank": args.lora_rank,
+        "promotion_policy": args.policy,
+        "base_model": args.base_model,
+    }
     outcome = run_retrain(settings, RetrainRequest.from_settings(settings, overrides))
     print(f"run {outcome.run_id}: version {outcome.version}, gate {outcome.decision.summary()}")
     return 0 if outcome.decision.passed else 1
@@ -107,8 +114,10 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     except PromotionRejected as err:
         print(f"pipelines promote: {err}", file=sys.stderr)
         return 1
-    print(f"{settings.registered_model}@{move.alias}: {move.previous} -> {move.version}"
-          f"{' (gate overridden: ' + move.reason + ')' if move.override else ''}")  # fmt: skip
+    print(
+        f"{settings.registered_model}@{move.alias}: {move.previous} -> {move.version}"
+        f"{' (gate overridden: ' + move.reason + ')' if move.override else ''}"
+    )
     return 0
 
 
@@ -139,8 +148,10 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if answer.follows_format and answer.grounded else 1
     print(render_answer(answer))
     t = answer.timings
-    print(f"model {answer.model} | retrieval {t.retrieval_s * 1000:.0f} ms, generation {t.generation_s * 1000:.0f} ms"
-          f" (model load {t.model_load_s:.1f} s)")  # fmt: skip
+    print(
+        f"model {answer.model} | retrieval {t.retrieval_s * 1000:.0f} ms, generation {t.generation_s * 1000:.0f} ms"
+        f" (model load {t.model_load_s:.1f} s)"
+    )
     if answer.abstained:
         print("(the retrieved sources do not answer this question)", file=sys.stderr)
     elif not answer.grounded:
@@ -192,8 +203,10 @@ def _drop(args: argparse.Namespace, settings: Settings) -> int:
     paths = [Path(p) for p in args.paths]
     if args.via_drop_folder:
         names = drops.place(target, paths)
-        print(f"placed {len(names)} file(s) in {target.drop_dir}; the ingest_drops DAG moves them into "
-              f"{target.data_dir} and updates the {target.asset['name']} asset")  # fmt: skip
+        print(
+            f"placed {len(names)} file(s) in {target.drop_dir}; the ingest_drops DAG moves them into "
+            f"{target.data_dir} and updates the {target.asset['name']} asset"
+        )
         return 0
     names = drops.publish(target, paths)
     print(f"copied {len(names)} file(s) into {target.data_dir}")
@@ -300,8 +313,10 @@ def _feedback(args: argparse.Namespace, settings: Settings) -> int:
         except KeyError as err:
             print(f"pipelines feedback review: {err.args[0]}", file=sys.stderr)
             return 1
-        print(f"feedback {record.id} reviewed by {record.reviewed_by}"
-              f"{'' if record.correction else ' (no correction: nothing to export)'}")  # fmt: skip
+        print(
+            f"feedback {record.id} reviewed by {record.reviewed_by}"
+            f"{'' if record.correction else ' (no correction: nothing to export)'}"
+        )
     else:
         report = export_corrections(store, settings)
         for feedback_id, reason in report.held_back.items():
@@ -309,8 +324,10 @@ def _feedback(args: argparse.Namespace, settings: Settings) -> int:
         if report.path is None:
             print("no reviewed corrections to export")
         else:
-            print(f"exported {len(report.exported)} correction(s) {report.exported} into {report.path}; "
-                  "the training drop validates them before any retraining")  # fmt: skip
+            print(
+                f"exported {len(report.exported)} correction(s) {report.exported} into {report.path}; "
+                "the training drop validates them before any retraining"
+            )
     return 0
 
 
@@ -336,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reindex", help="validate, version and incrementally re-index the documents")
     p.add_argument("--full-rebuild", action="store_true", help="build a new collection and swap the alias")
-    p.add_argument("--allow-mass-change", action="store_true",
-                   help="let this run delete or rewrite more than MAX_CHANGE_SHARE of the live documents")  # fmt: skip
+    p.add_argument(
+        "--allow-mass-change",
+        action="store_true",
+        help="let this run delete or rewrite more than MAX_CHANGE_SHARE of the live documents",
+    )
     COMMANDS["reindex"] = _reindex
 
     p = sub.add_parser("pin-reference", help="pin the run the retrieval gate must never fall below")
@@ -367,8 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, required=True)
     p.add_argument("--alias", default="champion")
     p.add_argument("--reason", default="manual promotion", help="why; recorded on the version (needed with --override)")
-    p.add_argument("--override", action="store_true",
-                   help="promote to champion although the version's gate did not pass (needs --reason)")  # fmt: skip
+    p.add_argument(
+        "--override",
+        action="store_true",
+        help="promote to champion although the version's gate did not pass (needs --reason)",
+    )
     COMMANDS["promote"] = _promote
 
     p = sub.add_parser("rollback", help="point champion back at its previous version")
@@ -384,8 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drop", help="add documents or training data and start the DAG that consumes them")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders whose files are dropped")
     p.add_argument("--kind", choices=["documents", "training"], default="documents")
-    p.add_argument("--via-drop-folder", action="store_true",
-                   help="only place the files (with .done markers) for the ingest_drops DAG; no REST call")  # fmt: skip
+    p.add_argument(
+        "--via-drop-folder",
+        action="store_true",
+        help="only place the files (with .done markers) for the ingest_drops DAG; no REST call",
+    )
     COMMANDS["drop"] = _drop
     p = sub.add_parser("demo", help="main job via the running Airflow: re-index, retrain, promote, answer")
     p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: LORA_STEPS)")

@@ -100,11 +100,25 @@ def drop_target(settings: Settings, kind: str) -> DropTarget:
     if kind == "documents":
         if settings.documents_url:
             raise DropError(f"documents come from {settings.documents_url}: drops need a local documents folder")
-        return DropTarget(kind, settings.documents_drop_dir, Path(settings.documents_location), DOCUMENTS_ASSET,
-                          (), settings.max_drop_bytes, settings.quarantine_dir / "drops")  # fmt: skip
+        return DropTarget(
+            kind,
+            settings.documents_drop_dir,
+            Path(settings.documents_location),
+            DOCUMENTS_ASSET,
+            (),
+            settings.max_drop_bytes,
+            settings.quarantine_dir / "drops",
+        )
     if kind == "training":
-        return DropTarget(kind, settings.training_drop_dir, settings.training_data_dir, TRAINING_DATA_ASSET,
-                          TRAINING_FILES, settings.max_drop_bytes, settings.quarantine_dir / "drops")  # fmt: skip
+        return DropTarget(
+            kind,
+            settings.training_drop_dir,
+            settings.training_data_dir,
+            TRAINING_DATA_ASSET,
+            TRAINING_FILES,
+            settings.max_drop_bytes,
+            settings.quarantine_dir / "drops",
+        )
     raise DropError(f"unknown drop kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
@@ -172,9 +186,14 @@ def unsafe_name(name: str) -> str | None:
 
 def _kind_refused(info: os.stat_result) -> str | None:
     mode = info.st_mode
-    for test, what in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISDIR, "folder")):  # fmt: skip
+    for test, what in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ):
         if test(mode):
             return f"{what}: never followed"
     return None if stat.S_ISREG(mode) else "not a regular file"
@@ -308,8 +327,13 @@ def _put_aside(target: DropTarget, name: str) -> str:
 def report_refusals(target: DropTarget, refused: Sequence[Refusal]) -> Path | None:
     """Log each refusal and write them as JSON under the target's report folder."""
     for refusal in refused:
-        log.warning("refused %s drop %r: %s (put aside: %s)", target.kind, refusal.name, refusal.reason,
-                    refusal.moved_to or "no")  # fmt: skip
+        log.warning(
+            "refused %s drop %r: %s (put aside: %s)",
+            target.kind,
+            refusal.name,
+            refusal.reason,
+            refusal.moved_to or "no",
+        )
     if not refused or target.report_dir is None:
         return None
     target.report_dir.mkdir(parents=True, exist_ok=True)

@@ -207,9 +207,16 @@ def cite_sentences(answer: str, labels: Sequence[int], contexts: Sequence[Contex
             best = anywhere if anywhere.support > best.support else best
         chunk = by_label.get(best.label) if best.label is not None else None
         cited.append(
-            SentenceCitation(sentence, best.label, chunk.chunk_id if chunk else "", best.support, best.span,
-                             best.strict, best.label in labels)
-        )  # fmt: skip
+            SentenceCitation(
+                sentence,
+                best.label,
+                chunk.chunk_id if chunk else "",
+                best.support,
+                best.span,
+                best.strict,
+                best.label in labels,
+            )
+        )
     return cited
 
 

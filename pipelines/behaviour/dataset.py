@@ -266,9 +266,12 @@ def _unrelated(
     pool = [
         c
         for c in chunks
-        if c.report != report and c.id not in exclude and len(c.text.split()) >= 20 and _is_plain(c.text)
+        if c.report != report
+        and c.id not in exclude
+        and len(c.text.split()) >= 20
+        and _is_plain(c.text)
         and len(wanted & set(content_words(c.text))) <= 1
-    ]  # fmt: skip
+    ]
     return rng.sample(pool, n)
 
 

@@ -122,29 +122,43 @@ def decide(
     if rise is None:
         forgetting = (False, "OOD cross-entropy rise over base: no per-text losses to bound the rise", None)
     else:
-        forgetting = (rise.high <= t.max_forgetting,
-                      f"OOD cross-entropy rise over base: {rise.text(percent=True)}, "
-                      f"need upper bound <= {t.max_forgetting:+.1%}", rise)  # fmt: skip
+        forgetting = (
+            rise.high <= t.max_forgetting,
+            f"OOD cross-entropy rise over base: {rise.text(percent=True)}, need upper bound <= {t.max_forgetting:+.1%}",
+            rise,
+        )
     rules.append(("forgetting", forgetting))
     if champion is None:
         rules.append(("champion", (True, "no champion yet", None)))
     else:
         rules += [
-            ("rouge_l.vs_champion", _check("ROUGE-L", ROUGE_L, candidate, champion, "champion",
-                                           t.min_gain_over_champion, strictly=True)),
-            ("format.vs_champion", _check("format compliance", FORMAT_OK, candidate, champion, "champion",
-                                          -t.format_tolerance)),
-            ("grounding.vs_champion", _check("grounding", GROUNDED, candidate, champion, "champion",
-                                             -t.grounding_tolerance)),
-        ]  # fmt: skip
+            (
+                "rouge_l.vs_champion",
+                _check("ROUGE-L", ROUGE_L, candidate, champion, "champion", t.min_gain_over_champion, strictly=True),
+            ),
+            (
+                "format.vs_champion",
+                _check("format compliance", FORMAT_OK, candidate, champion, "champion", -t.format_tolerance),
+            ),
+            (
+                "grounding.vs_champion",
+                _check("grounding", GROUNDED, candidate, champion, "champion", -t.grounding_tolerance),
+            ),
+        ]
     metrics: dict[str, float] = {}
     for name, (_, _, interval) in rules:
         if interval is not None and math.isfinite(interval.low) and math.isfinite(interval.high):
-            metrics |= {f"gate.{name}.estimate": interval.estimate, f"gate.{name}.low": interval.low,
-                        f"gate.{name}.high": interval.high}  # fmt: skip
+            metrics |= {
+                f"gate.{name}.estimate": interval.estimate,
+                f"gate.{name}.low": interval.low,
+                f"gate.{name}.high": interval.high,
+            }
     # The names earlier runs logged, kept for dashboards: the point estimates.
-    for old, name in (("gate.gain_over_base", "rouge_l.vs_base"), ("gate.forgetting", "forgetting"),
-                      ("gate.gain_over_champion", "rouge_l.vs_champion")):  # fmt: skip
+    for old, name in (
+        ("gate.gain_over_base", "rouge_l.vs_base"),
+        ("gate.forgetting", "forgetting"),
+        ("gate.gain_over_champion", "rouge_l.vs_champion"),
+    ):
         if f"gate.{name}.estimate" in metrics:
             metrics[old] = metrics[f"gate.{name}.estimate"]
     passed = all(ok for _, (ok, _, _) in rules)

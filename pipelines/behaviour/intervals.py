@@ -57,9 +57,13 @@ def mean_gain(
     if np.all(diff == diff[0]):  # no spread: every resample gives the same mean
         return Interval(float(diff[0]), float(diff[0]), float(diff[0]), int(diff.size))
     result = bootstrap(
-        (diff,), np.mean, n_resamples=resamples, confidence_level=CONFIDENCE, method="percentile",
+        (diff,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
         random_state=np.random.default_rng(seed),
-    )  # fmt: skip
+    )
     ci = result.confidence_interval
     return Interval(float(diff.mean()), float(ci.low), float(ci.high), int(diff.size))
 
@@ -83,8 +87,13 @@ def ratio_rise(
     if np.allclose(c / r, c[0] / r[0]):  # every text rose by the same share
         return Interval(estimate, estimate, estimate, int(c.size))
     result = bootstrap(
-        (c, r), rise, paired=True, n_resamples=resamples, confidence_level=CONFIDENCE, method="percentile",
+        (c, r),
+        rise,
+        paired=True,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
         random_state=np.random.default_rng(seed),
-    )  # fmt: skip
+    )
     ci = result.confidence_interval
     return Interval(estimate, float(ci.low), float(ci.high), int(c.size))

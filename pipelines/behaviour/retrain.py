@@ -200,16 +200,23 @@ def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) ->
     tokenizer, model = load_tokenizer(base), load_model(base)
     records = load_training_data(staged.folder).train
     with _run(settings, run_id=run_id):
-        mlflow.set_tags({"git_revision": git_revision(settings.project_dir),
-                         "train.read_sha256": staged.files[TRAIN_FILE]})  # fmt: skip
+        mlflow.set_tags(
+            {"git_revision": git_revision(settings.project_dir), "train.read_sha256": staged.files[TRAIN_FILE]}
+        )
         mlflow.log_metric("train_records", len(records))
 
         def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
             mlflow.log_metrics({"train_loss": loss, "train_tokens_per_s": tokens_per_s}, step=step)
 
         result = train_adapter(model, tokenizer, records, request.train, on_log=progress)
-        mlflow.log_metrics({"train_tokens_per_s": result.tokens_per_s, "train_seconds": result.seconds,
-                            "train_tokens": result.tokens, "final_train_loss": result.final_loss})  # fmt: skip
+        mlflow.log_metrics(
+            {
+                "train_tokens_per_s": result.tokens_per_s,
+                "train_seconds": result.seconds,
+                "train_tokens": result.tokens,
+                "final_train_loss": result.final_loss,
+            }
+        )
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_losses(result.losses, Path(tmp) / "loss_curve.png")), "training")
         model_uri = log_adapter(result.model, tokenizer, base.path)
@@ -329,10 +336,16 @@ def decide_promotion(
     outcome = promotion_outcome(decision.passed, request.policy, holds)
     reasons = [*decision.reasons, *(f"HOLD: {h}" for h in holds)]
     summary_text = ("PASSED: " if decision.passed else "FAILED: ") + "; ".join(reasons)
-    verdict = {"gate.passed": str(decision.passed).lower(), "gate.reasons": summary_text[:4000],
-               "gate.holds": "; ".join(holds)[:4000] or "none", "gate.yardstick": diff["status"]}  # fmt: skip
-    verdict |= {f"gate.ci.{name}": f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}] n={i.items}"
-                for name, i in decision.intervals.items()}  # fmt: skip
+    verdict = {
+        "gate.passed": str(decision.passed).lower(),
+        "gate.reasons": summary_text[:4000],
+        "gate.holds": "; ".join(holds)[:4000] or "none",
+        "gate.yardstick": diff["status"],
+    }
+    verdict |= {
+        f"gate.ci.{name}": f"{i.estimate:+.4f} [{i.low:+.4f}, {i.high:+.4f}] n={i.items}"
+        for name, i in decision.intervals.items()
+    }
     tag_version(settings, version, {**verdict, "gate.policy": request.policy.value, "gate.status": outcome.status})
     if outcome.promoted:
         promote(settings, version, actor=f"retrain run {run_id} (policy auto)", reason=decision.summary()[:500])
@@ -340,13 +353,17 @@ def decide_promotion(
         mlflow.log_metrics(
             {**decision.metrics, "gate.passed": float(decision.passed), "gate.promoted": float(outcome.promoted)}
         )
-        mlflow.log_dict(asdict(decision) | {"policy": request.policy.value, "promoted": outcome.promoted,
-                                            "holds": holds, "version": version}, "gate/decision.json")  # fmt: skip
+        mlflow.log_dict(
+            asdict(decision)
+            | {"policy": request.policy.value, "promoted": outcome.promoted, "holds": holds, "version": version},
+            "gate/decision.json",
+        )
         mlflow.log_dict(diff, "gate/yardstick_diff.json")
         mlflow.log_text(f"{gate_table(decision)}\n\n{outcome.status}: {summary_text}\n", "gate/summary.md")
         _append_gate_to_summary(run_id, gate_table(decision), outcome.status)
-        mlflow.set_tags({"gate.status": outcome.status, "gate.holds": verdict["gate.holds"],
-                         "gate.yardstick": diff["status"]})  # fmt: skip
+        mlflow.set_tags(
+            {"gate.status": outcome.status, "gate.holds": verdict["gate.holds"], "gate.yardstick": diff["status"]}
+        )
     log.info("gate for version %s: %s (%s)", version, summary_text, outcome.status)
     return replace(decision, reasons=reasons, metrics={**decision.metrics, "promoted": float(outcome.promoted)})
 
@@ -394,8 +411,11 @@ def _yardstick_diff(settings: Settings, run_id: str, champion: str | None) -> di
             except (MlflowException, OSError) as err:  # the diff is then by hash only; the hold stands regardless
                 log.warning("no %s of champion run %s to diff against: %s", name, champion_run, err)
         after = (staged.folder / name).read_text()
-        files[name] = {"old_sha256": tags.get(f"data.{name.split('.')[0]}_sha256"), "new_sha256": staged.files[name],
-                       **(record_diff(before, after) if before is not None else {"records": "unknown"})}  # fmt: skip
+        files[name] = {
+            "old_sha256": tags.get(f"data.{name.split('.')[0]}_sha256"),
+            "new_sha256": staged.files[name],
+            **(record_diff(before, after) if before is not None else {"records": "unknown"}),
+        }
     changed = [n for n, f in files.items() if f["old_sha256"] != f["new_sha256"]]
     short = ", ".join(_diff_line(n, files[n]) for n in changed) or "champion records no yardstick hash"
     return {"status": "changed", "changed": True, "summary": short, "old": old, "new": new, "files": files}

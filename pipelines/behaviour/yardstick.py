@@ -75,8 +75,14 @@ class YardstickItem:
         return split_of(self.split_key)
 
     def to_json(self) -> str:
-        row = {**asdict(self.record), "kind": self.kind, "report": self.report, "passage": self.passage,
-               "split_key": self.split_key, "split": self.split}  # fmt: skip
+        row = {
+            **asdict(self.record),
+            "kind": self.kind,
+            "report": self.report,
+            "passage": self.passage,
+            "split_key": self.split_key,
+            "split": self.split,
+        }
         return json.dumps(row, ensure_ascii=False)
 
 
@@ -239,8 +245,10 @@ def abstention_items(
     from pipelines.behaviour.dataset import CONTEXTS_PER_RECORD, InstructionRecord, Message, _is_plain, _short_title
 
     rng = random.Random(f"yardstick-abstention-{seed}")
-    by_kind = {k: sorted((i for i in answerable if i.kind == k), key=lambda i: _rank(i.record.id)) for k in
-               ("query", "passage")}  # fmt: skip
+    by_kind = {
+        k: sorted((i for i in answerable if i.kind == k), key=lambda i: _rank(i.record.id))
+        for k in ("query", "passage")
+    }
     chosen = by_kind["query"][: n // 2] + by_kind["passage"][: n - n // 2]
     items = []
     for source in chosen:
@@ -250,9 +258,11 @@ def abstention_items(
         pool = [
             c
             for c in chunks
-            if c.report not in excluded and _is_plain(c.text) and len(c.text.split()) >= 20
+            if c.report not in excluded
+            and _is_plain(c.text)
+            and len(c.text.split()) >= 20
             and len(wanted & set(content_words(c.text))) <= 1
-        ]  # fmt: skip
+        ]
         shown = rng.sample(pool, CONTEXTS_PER_RECORD)
         contexts = tuple(
             ContextChunk(i, c.id, _short_title(c.title), " ".join(c.text.split()[:CONTEXT_WORDS]))

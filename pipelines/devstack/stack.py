@@ -27,9 +27,14 @@ from pipelines.settings import Settings
 
 # Start order; `down` stops in reverse.
 SERVICE_NAMES = [
-    "weaviate", "mlflow", "airflow-api-server", "airflow-scheduler",
-    "airflow-dag-processor", "airflow-triggerer", "serve",
-]  # fmt: skip
+    "weaviate",
+    "mlflow",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "serve",
+]
 
 
 class StackError(RuntimeError):
@@ -116,10 +121,13 @@ def weaviate_service(settings: Settings) -> Service:
     }
     argv = [
         str(weaviate_binary(settings)),
-        "--host", "127.0.0.1",
-        "--port", str(settings.weaviate_http_port),
-        "--scheme", "http",
-    ]  # fmt: skip
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.weaviate_http_port),
+        "--scheme",
+        "http",
+    ]
     return Service(
         "weaviate",
         argv,
@@ -140,12 +148,17 @@ def mlflow_server_options(settings: Settings) -> list[str]:
 
 def mlflow_service(settings: Settings) -> Service:
     argv = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(settings.mlflow_port),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.mlflow_port),
         *mlflow_server_options(settings),
         "--serve-artifacts",
-    ]  # fmt: skip
+    ]
     return Service("mlflow", argv, f"http://127.0.0.1:{settings.mlflow_port}/health")
 
 
@@ -209,13 +222,31 @@ def airflow_services(settings: Settings) -> list[Service]:
             _airflow_component_healthy("metadatabase"),
             start_timeout_s=180,
         ),
-        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], health, env,
-                _airflow_component_healthy("scheduler"), 180),
-        Service("airflow-dag-processor", [airflow, "dag-processor"], health, env,
-                _airflow_component_healthy("dag_processor"), 180),
-        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], health, env,
-                _airflow_component_healthy("triggerer"), 180),
-    ]  # fmt: skip
+        Service(
+            "airflow-scheduler",
+            [airflow, "scheduler", "--skip-serve-logs"],
+            health,
+            env,
+            _airflow_component_healthy("scheduler"),
+            180,
+        ),
+        Service(
+            "airflow-dag-processor",
+            [airflow, "dag-processor"],
+            health,
+            env,
+            _airflow_component_healthy("dag_processor"),
+            180,
+        ),
+        Service(
+            "airflow-triggerer",
+            [airflow, "triggerer", "--skip-serve-logs"],
+            health,
+            env,
+            _airflow_component_healthy("triggerer"),
+            180,
+        ),
+    ]
 
 
 def serve_service(settings: Settings) -> Service:
@@ -285,8 +316,12 @@ def migrate_airflow_db(settings: Settings) -> None:
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     # One writer at a time on the Weaviate collection, whichever DAG writes.
-    subprocess.run([airflow, "pools", "set", "weaviate_writer", "1", "Serialises writes to the Weaviate collection"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [airflow, "pools", "set", "weaviate_writer", "1", "Serialises writes to the Weaviate collection"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 def up(
@@ -306,9 +341,14 @@ def up(
         env = {**os.environ, **service.env}
         with log.open("ab") as out:
             process = subprocess.Popen(
-                service.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=settings.project_dir,
-            )  # fmt: skip
+                service.argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=settings.project_dir,
+            )
         _pid_file(settings, service.name).write_text(str(process.pid))
         echo(f"{service.name}: starting (pid {process.pid}, log {log})")
         _wait_healthy(service, process.pid, log)

@@ -91,8 +91,12 @@ class CleaningReport:
 
 def boilerplate_rule(settings: Settings) -> BoilerplateRule:
     """The rule from the project settings."""
-    return BoilerplateRule(settings.boilerplate_min_documents, settings.boilerplate_ngram_words,
-                           settings.boilerplate_max_gap_words, settings.boilerplate_min_span_words)  # fmt: skip
+    return BoilerplateRule(
+        settings.boilerplate_min_documents,
+        settings.boilerplate_ngram_words,
+        settings.boilerplate_max_gap_words,
+        settings.boilerplate_min_span_words,
+    )
 
 
 def _words(text: str) -> list[tuple[int, int, str]]:

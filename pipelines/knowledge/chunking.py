@@ -34,8 +34,13 @@ class ChunkerConfig:
     min_tokens: int = 40
 
     def signature(self) -> dict[str, Any]:
-        return {"name": CHUNKER_NAME, "tokenizer": self.tokenizer, "chunk_tokens": self.chunk_tokens,
-                "overlap_tokens": self.overlap_tokens, "min_tokens": self.min_tokens}  # fmt: skip
+        return {
+            "name": CHUNKER_NAME,
+            "tokenizer": self.tokenizer,
+            "chunk_tokens": self.chunk_tokens,
+            "overlap_tokens": self.overlap_tokens,
+            "min_tokens": self.min_tokens,
+        }
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,6 @@ def chunk_document(document: Document, config: ChunkerConfig) -> list[Chunk]:
                 content_hash,
                 document.acl,
                 document.source_url,
-            )  # fmt: skip
+            )
         )
     return chunks

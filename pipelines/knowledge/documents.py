@@ -112,8 +112,13 @@ def load_options(settings: Settings) -> LoadOptions:
     """Loader options from the project settings."""
     known = frozenset(g for g in split_groups(settings.known_groups) if g)
     policy = AclPolicy(settings.acl_group_pattern, known, settings.documents_without_acl.strip())
-    return LoadOptions(policy, settings.max_document_bytes, settings.max_front_matter_bytes,
-                       settings.pdf_max_pages, settings.pdf_max_seconds)  # fmt: skip
+    return LoadOptions(
+        policy,
+        settings.max_document_bytes,
+        settings.max_front_matter_bytes,
+        settings.pdf_max_pages,
+        settings.pdf_max_seconds,
+    )
 
 
 @dataclass(frozen=True)
@@ -475,9 +480,17 @@ def load_documents(location: str, options: LoadOptions = LoadOptions()) -> tuple
             elif suffix in PARSERS:
                 documents.append(dataclasses.replace(PARSERS[suffix](rel, raw, context), source=rel))
             else:
-                documents.append(Document(rel, PurePosixPath(rel).stem, "", suffix or "none",
-                                          context.inherited.groups, acl_problem=context.inherited.problem,
-                                          source=rel))  # fmt: skip
+                documents.append(
+                    Document(
+                        rel,
+                        PurePosixPath(rel).stem,
+                        "",
+                        suffix or "none",
+                        context.inherited.groups,
+                        acl_problem=context.inherited.problem,
+                        source=rel,
+                    )
+                )
         except Exception as err:  # noqa: BLE001 - any parser failure is reported, never fatal
             problems.append(LoadProblem(rel, _safe_reason(err), source=rel))
     return documents, problems

@@ -151,8 +151,10 @@ def gate(current: Mapping[str, float], baselines: Sequence[Baseline], tolerance:
                 continue
             if now < before - tolerance:
                 passed = False
-                reasons.append(f"{name} fell from {before:.4f} ({baseline.label} {baseline.run_id}) to {now:.4f} "
-                               f"(tolerance {tolerance})")  # fmt: skip
+                reasons.append(
+                    f"{name} fell from {before:.4f} ({baseline.label} {baseline.run_id}) to {now:.4f} "
+                    f"(tolerance {tolerance})"
+                )
             else:
                 reasons.append(f"{name} {now:.4f} vs {baseline.label} {before:.4f}: ok")
     return RetrievalGateDecision(passed, reasons, baselines[0].run_id)

@@ -99,16 +99,19 @@ def create_collection(client: Any, name: str, description: Mapping[str, Any]) ->
             Property(name="section", data_type=DataType.TEXT),
             Property(name="text", data_type=DataType.TEXT),
             Property(name="position", data_type=DataType.INT),
-            Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD,
-                     index_searchable=False),
-            Property(name="acl", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD,
-                     index_searchable=False),
-            Property(name="source_url", data_type=DataType.TEXT, tokenization=Tokenization.FIELD,
-                     index_searchable=False),
+            Property(
+                name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False
+            ),
+            Property(
+                name="acl", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False
+            ),
+            Property(
+                name="source_url", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False
+            ),
             Property(name="gen_from", data_type=DataType.INT, index_range_filters=True),
             Property(name="gen_to", data_type=DataType.INT, index_range_filters=True),
         ],
-    )  # fmt: skip
+    )
 
 
 def describe(client: Any, collection: str) -> dict[str, Any]:
@@ -183,9 +186,13 @@ def upsert_chunks(
     for start in range(0, len(chunks), page_size):
         page = range(start, min(start + page_size, len(chunks)))
         result = target.data.insert_many(
-            [DataObject(properties=_properties(chunks[i], generation), uuid=chunks[i].uuid,
-                        vector=vectors[i].tolist()) for i in page]
-        )  # fmt: skip
+            [
+                DataObject(
+                    properties=_properties(chunks[i], generation), uuid=chunks[i].uuid, vector=vectors[i].tolist()
+                )
+                for i in page
+            ]
+        )
         if result.errors:
             index, error = next(iter(result.errors.items()))
             raise IndexingError(
@@ -255,8 +262,9 @@ def reset_retirements(client: Any, collection: str, above: int, page_size: int =
     target = client.collections.use(collection)
     reset = 0
     while True:  # reset objects drop out of the filter, so the first page is always the next one
-        page = target.query.fetch_objects(filters=Filter.by_property("gen_to").greater_than(above),
-                                          limit=page_size, return_properties=[])  # fmt: skip
+        page = target.query.fetch_objects(
+            filters=Filter.by_property("gen_to").greater_than(above), limit=page_size, return_properties=[]
+        )
         if not page.objects:
             return reset
         for obj in page.objects:

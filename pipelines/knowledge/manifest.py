@@ -89,9 +89,14 @@ class IndexManifest:
                 for doc_id, entry in raw["documents"].items()
             }
             return cls(
-                raw["collection"], raw["embedding_model"], raw["chunker"], documents, raw.get("data_version", {}),
-                int(raw.get("generation", 0)), {k: int(v) for k, v in raw.get("pending_moves", {}).items()},
-            )  # fmt: skip
+                raw["collection"],
+                raw["embedding_model"],
+                raw["chunker"],
+                documents,
+                raw.get("data_version", {}),
+                int(raw.get("generation", 0)),
+                {k: int(v) for k, v in raw.get("pending_moves", {}).items()},
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ManifestCorrupt(f"{path}: {type(err).__name__}: {err}") from err
 

@@ -97,9 +97,13 @@ class Retriever:
         metadata = MetadataQuery(score=True, distance=True)
         if mode == "bm25":
             result = target.query.bm25(
-                query, query_properties=KEYWORD_PROPERTIES, limit=k, filters=where,
-                return_metadata=metadata, return_properties=RETURN_PROPERTIES,
-            )  # fmt: skip
+                query,
+                query_properties=KEYWORD_PROPERTIES,
+                limit=k,
+                filters=where,
+                return_metadata=metadata,
+                return_properties=RETURN_PROPERTIES,
+            )
         else:
             vector = self.embedder.embed_query(query).tolist()
             if mode == "vector":

@@ -110,8 +110,13 @@ def _pii_matches(text: str, patterns: Sequence[re.Pattern[str]]) -> int:
 
 def validation_limits(settings: Settings) -> ValidationLimits:
     """Document thresholds from the project settings (the same ACL pattern the loader checks)."""
-    return ValidationLimits(settings.min_text_chars, settings.max_text_chars, settings.max_invalid_share,
-                            tuple(settings.pii_patterns), settings.acl_group_pattern)  # fmt: skip
+    return ValidationLimits(
+        settings.min_text_chars,
+        settings.max_text_chars,
+        settings.max_invalid_share,
+        tuple(settings.pii_patterns),
+        settings.acl_group_pattern,
+    )
 
 
 def _frame(documents: Sequence[Document], limits: ValidationLimits) -> Any:

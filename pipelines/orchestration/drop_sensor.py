@@ -47,9 +47,14 @@ class DropTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"drop_dirs": self.drop_dirs, "settle_s": self.settle_s, "poll_s": self.poll_s,
-             "idle_after_s": self.idle_after_s, "accepted": self.accepted},
-        )  # fmt: skip
+            {
+                "drop_dirs": self.drop_dirs,
+                "settle_s": self.settle_s,
+                "poll_s": self.poll_s,
+                "idle_after_s": self.idle_after_s,
+                "accepted": self.accepted,
+            },
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         previous: dict[str, dict[str, FileState]] = {kind: {} for kind in self.drop_dirs}
@@ -93,11 +98,19 @@ class DropSensor(BaseOperator):
         targets = watched_targets(settings)
         for target in targets:
             target.drop_dir.mkdir(parents=True, exist_ok=True)
-            self.log.info("watching %s for %s (complete: `<name>.done` marker, or unchanged for %.0f s)",
-                          target.drop_dir, target.kind, settings.drop_settle_s)  # fmt: skip
-        trigger = DropTrigger({t.kind: str(t.drop_dir) for t in targets}, settings.drop_settle_s,
-                              settings.drop_poll_s, self.idle_after.total_seconds(),
-                              {t.kind: list(t.accepted) for t in targets if t.accepted})  # fmt: skip
+            self.log.info(
+                "watching %s for %s (complete: `<name>.done` marker, or unchanged for %.0f s)",
+                target.drop_dir,
+                target.kind,
+                settings.drop_settle_s,
+            )
+        trigger = DropTrigger(
+            {t.kind: str(t.drop_dir) for t in targets},
+            settings.drop_settle_s,
+            settings.drop_poll_s,
+            self.idle_after.total_seconds(),
+            {t.kind: list(t.accepted) for t in targets if t.accepted},
+        )
         self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Found:

@@ -116,8 +116,9 @@ def caller(request: Request) -> Principal:
         log.error("auth unavailable: %s: %s", where, err)
         raise
     metrics.auth.labels(principal.method, "allowed").inc()
-    log.info("auth allowed: %s: %s via %s, groups %s", where, principal.subject, principal.method,
-             sorted(principal.groups))  # fmt: skip
+    log.info(
+        "auth allowed: %s: %s via %s, groups %s", where, principal.subject, principal.method, sorted(principal.groups)
+    )
     return principal
 
 
@@ -195,8 +196,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             service.BackendUnavailable: "the search backend is unavailable",
             service.ModelUnavailable: str(exc),
         }
-        return JSONResponse({"detail": messages.get(type(exc), "unavailable")}, status_code=503,
-                            headers={"Retry-After": "5"})  # fmt: skip
+        return JSONResponse(
+            {"detail": messages.get(type(exc), "unavailable")}, status_code=503, headers={"Retry-After": "5"}
+        )
 
     def group_injection(request: Request, exc: Exception) -> Response:
         log.warning("refused %s %s: %s", request.method, request.url.path, exc)

@@ -65,9 +65,13 @@ class Issuer:
         """A token signed with the issuer's key; `overrides` replace claims (None removes one)."""
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": self.audience, "sub": sub, "iat": now, "exp": now + 300,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "iat": now,
+            "exp": now + 300,
             "groups": list(groups) if isinstance(groups, (list, tuple)) else groups,
-        }  # fmt: skip
+        }
         claims.update(overrides)
         claims = {k: v for k, v in claims.items() if v is not None}
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})

@@ -56,8 +56,16 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, user: str | None = None) -> None:
         log = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, user=user, cwd=ROOT)  # fmt: skip
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            user=user,
+            cwd=ROOT,
+        )
         self.started.append((name, process))
 
     def stop_all(self) -> None:
@@ -94,16 +102,46 @@ def services(tmp_path_factory: pytest.TempPathFactory, artifacts_dir: Path) -> I
         os.chown(pg_dir, entry.pw_uid, entry.pw_gid)
     pg_port, redis_port = _free_port(), _free_port()
     try:
-        subprocess.run([str(pg_bin / "initdb"), "-D", str(pg_dir / "data"), "-U", "airflow", "--auth=trust", "-E",
-                        "UTF8"], check=True, capture_output=True, user=user)  # fmt: skip
-        procs.start("postgres", [str(pg_bin / "postgres"), "-D", str(pg_dir / "data"), "-k", str(pg_dir),
-                                 "-h", "127.0.0.1", "-p", str(pg_port)], user=user)  # fmt: skip
-        procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-                              "--appendonly", "no"])  # fmt: skip
-        _wait_for(lambda: subprocess.run([str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg_port)],
-                                         capture_output=True).returncode == 0, 60, "postgres")  # fmt: skip
-        subprocess.run([str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "airflow", "airflow"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [str(pg_bin / "initdb"), "-D", str(pg_dir / "data"), "-U", "airflow", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+        procs.start(
+            "postgres",
+            [
+                str(pg_bin / "postgres"),
+                "-D",
+                str(pg_dir / "data"),
+                "-k",
+                str(pg_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(pg_port),
+            ],
+            user=user,
+        )
+        procs.start(
+            "redis",
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+        )
+        _wait_for(
+            lambda: (
+                subprocess.run(
+                    [str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg_port)], capture_output=True
+                ).returncode
+                == 0
+            ),
+            60,
+            "postgres",
+        )
+        subprocess.run(
+            [str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "airflow", "airflow"],
+            check=True,
+            capture_output=True,
+        )
         yield procs, {"pg_port": pg_port, "redis_port": redis_port}
     finally:
         procs.stop_all()
@@ -147,8 +185,9 @@ def celery_airflow(services: tuple[Processes, dict], settings: Settings, tmp_pat
     """api-server, scheduler, dag-processor, triggerer and a Celery worker on PostgreSQL + Redis."""
     procs, ports = services
     root = tmp_path_factory.mktemp("celery-airflow")
-    ours = settings.model_copy(update={"state_dir": root / "state", "data_dir": root / "data",
-                                       "airflow_port": _free_port()})  # fmt: skip
+    ours = settings.model_copy(
+        update={"state_dir": root / "state", "data_dir": root / "data", "airflow_port": _free_port()}
+    )
     env = {
         **os.environ,
         **airflow_env(ours),
@@ -164,13 +203,19 @@ def celery_airflow(services: tuple[Processes, dict], settings: Settings, tmp_pat
     migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, f"airflow db migrate failed:\n{migrate.stderr[-3000:]}"
     api = ours.airflow_url
-    procs.start("airflow-api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port",
-                                       str(ours.airflow_port), "--workers", "1"], env)  # fmt: skip
+    procs.start(
+        "airflow-api-server",
+        [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(ours.airflow_port), "--workers", "1"],
+        env,
+    )
     procs.start("airflow-scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"], env)
     procs.start("airflow-dag-processor", [AIRFLOW, "dag-processor"], env)
     procs.start("airflow-triggerer", [AIRFLOW, "triggerer", "--skip-serve-logs"], env)
-    procs.start("airflow-celery-worker", [AIRFLOW, "celery", "worker", "--concurrency", "2", "--without-gossip",
-                                          "--without-mingle", "-H", "worker1@%h"], env)  # fmt: skip
+    procs.start(
+        "airflow-celery-worker",
+        [AIRFLOW, "celery", "worker", "--concurrency", "2", "--without-gossip", "--without-mingle", "-H", "worker1@%h"],
+        env,
+    )
 
     def healthy() -> bool:
         health = requests.get(f"{api}/api/v2/monitor/health", timeout=5).json()
@@ -210,8 +255,10 @@ def test_a_drop_runs_through_celery_workers_on_postgres_and_redis(celery_airflow
 
     with psycopg2.connect(host="127.0.0.1", port=ports["pg_port"], user="airflow", dbname="airflow") as conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-                        "WHERE a.name = 'documents' AND e.source_dag_id = 'ingest_drops'")  # fmt: skip
+            cur.execute(
+                "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                "WHERE a.name = 'documents' AND e.source_dag_id = 'ingest_drops'"
+            )
             assert cur.fetchone()[0] >= 1, "the asset event is not in PostgreSQL"
             cur.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")
             assert cur.fetchone()[0] >= 2, "no Celery results in the result backend"

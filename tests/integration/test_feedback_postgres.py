@@ -40,11 +40,29 @@ def postgres_url() -> Iterator[str]:
     port = _free_port()
     process = None
     try:
-        subprocess.run([str(pg_bin / "initdb"), "-D", str(pg_dir / "data"), "-U", "feedback", "--auth=trust"],
-                       check=True, capture_output=True, user=user)  # fmt: skip
-        process = subprocess.Popen([str(pg_bin / "postgres"), "-D", str(pg_dir / "data"), "-k", str(pg_dir),
-                                    "-h", "127.0.0.1", "-p", str(port)], user=user, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [str(pg_bin / "initdb"), "-D", str(pg_dir / "data"), "-U", "feedback", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+        process = subprocess.Popen(
+            [
+                str(pg_bin / "postgres"),
+                "-D",
+                str(pg_dir / "data"),
+                "-k",
+                str(pg_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            user=user,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         ready = [str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
         deadline = time.monotonic() + 60
         while subprocess.run(ready, capture_output=True).returncode != 0:
@@ -63,8 +81,9 @@ def postgres_url() -> Iterator[str]:
 def test_feedback_round_trips_through_postgresql_and_review_is_recorded(postgres_url: str) -> None:
     store = FeedbackStore(postgres_url)
     cited = [CitedChunk(1, "c-1", "doc.md", "A title", "Text of the chunk ünïcode.", ("public",))]
-    request = FeedbackRequest(question="Why?", answer="Because.", model_version="4", rating="down",
-                              correction="  Because of X.  ")  # fmt: skip
+    request = FeedbackRequest(
+        question="Why?", answer="Because.", model_version="4", rating="down", correction="  Because of X.  "
+    )
     first = store.add("alice", request, cited)
     second = store.add("bob", request.model_copy(update={"rating": "up", "correction": None}), [])
     assert FeedbackStore(postgres_url).get(first).citations == tuple(cited)  # another engine reads it

@@ -87,8 +87,9 @@ def _last_run(settings: Settings):  # type: ignore[no-untyped-def]
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    return mlflow.search_runs(experiment_names=[settings.training_experiment], order_by=["start_time DESC"],
-                              output_format="list")[0]  # fmt: skip
+    return mlflow.search_runs(
+        experiment_names=[settings.training_experiment], order_by=["start_time DESC"], output_format="list"
+    )[0]
 
 
 def test_invalid_training_data_stops_the_run_before_training(env: Settings) -> None:
@@ -175,9 +176,10 @@ def test_candidate_trained_on_shuffled_answers_is_rejected_and_champion_unchange
     import mlflow
 
     decision = json.loads(
-        Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/decision.json"))
-        .read_text()
-    )  # fmt: skip
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/decision.json")
+        ).read_text()
+    )
     failed = [r for r in decision["reasons"] if r.startswith("FAIL")]
     # Shuffled answers keep the format but lose the content: the rule that fails must be in-domain quality.
     assert any(r.startswith("FAIL: ROUGE-L") for r in failed), failed

@@ -158,11 +158,17 @@ def test_embedded_mode_uses_the_locally_built_binary_offline(tmp_path: Path, set
         port=18190,
         grpc_port=50191,
         persistence_data_path=str(tmp_path / "embedded"),
-        environment_variables={"WEAVIATE_LISTEN_HOST": "127.0.0.1", "CLUSTER_BIND_ADDR": "127.0.0.1",
-                               "CLUSTER_GOSSIP_BIND_PORT": "18191", "CLUSTER_DATA_BIND_PORT": "18192",
-                               "RAFT_PORT": "18193", "RAFT_INTERNAL_RPC_PORT": "18194",
-                               "GO_PROFILING_DISABLE": "true", "DISABLE_TELEMETRY": "true"},
-    )  # fmt: skip
+        environment_variables={
+            "WEAVIATE_LISTEN_HOST": "127.0.0.1",
+            "CLUSTER_BIND_ADDR": "127.0.0.1",
+            "CLUSTER_GOSSIP_BIND_PORT": "18191",
+            "CLUSTER_DATA_BIND_PORT": "18192",
+            "RAFT_PORT": "18193",
+            "RAFT_INTERNAL_RPC_PORT": "18194",
+            "GO_PROFILING_DISABLE": "true",
+            "DISABLE_TELEMETRY": "true",
+        },
+    )
     try:
         assert client.is_ready()
         assert client.get_meta()["version"] == settings.weaviate_version

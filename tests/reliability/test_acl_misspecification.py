@@ -98,5 +98,8 @@ def test_acl_misspecifications_are_quarantined_or_get_their_groups(acl_kb: Setti
     # The public API, once per kind of caller: the comma-separated ACL became two real groups.
     assert any(h.doc_id == "string.md" for h in search(acl_kb, QUERIES["string.md"], k=10, user_groups=["finance"]))
     assert not any(h.doc_id == "string.md" for h in search(acl_kb, QUERIES["string.md"], k=10))
-    assert {h.acl for h in search(acl_kb, QUERIES["with-sidecar.txt"], k=10, user_groups=["legal"])
-            if h.doc_id == "with-sidecar.txt"} == {("legal",)}  # fmt: skip
+    assert {
+        h.acl
+        for h in search(acl_kb, QUERIES["with-sidecar.txt"], k=10, user_groups=["legal"])
+        if h.doc_id == "with-sidecar.txt"
+    } == {("legal",)}

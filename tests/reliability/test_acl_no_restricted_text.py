@@ -49,8 +49,12 @@ def test_mlflow_artifacts_and_reports_hold_no_document_text(kb: Settings, embedd
     names = sorted(str(p.relative_to(local)) for p in files if p.is_relative_to(local))
     print(f"{len(files)} files checked:", names)
     assert any("data_docs" in name for name in names), "the run must carry its Data Docs"
-    leaks = [(str(path), fragment) for path in files for fragment in _fragments(rows)
-             if fragment in path.read_text(errors="replace")]  # fmt: skip
+    leaks = [
+        (str(path), fragment)
+        for path in files
+        for fragment in _fragments(rows)
+        if fragment in path.read_text(errors="replace")
+    ]
     assert not leaks, f"document text outside Weaviate: {leaks[:5]}"
 
 

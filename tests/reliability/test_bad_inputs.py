@@ -63,8 +63,10 @@ def _write_corpus(documents: Path) -> set[str]:
     write_reports(documents, reports)
     (documents / "guide.md").write_text("# Travel guide\n\nBook economy class for every flight under six hours.")
     (documents / "notes.txt").write_text("Quarterly notes: margins rose in the north and fell in the south.")
-    (documents / "page.html").write_text("<html><head><title>Pricing</title></head><body><p>Prices rise in May "
-                                         "for every product line of the company.</p></body></html>")  # fmt: skip
+    (documents / "page.html").write_text(
+        "<html><head><title>Pricing</title></head><body><p>Prices rise in May "
+        "for every product line of the company.</p></body></html>"
+    )
     _pdf(documents / "memo.pdf", "Quarterly memo about margins and the outlook for next year")
     (documents / "rows.jsonl").write_text(
         json.dumps({"_id": "row-good", "title": "Row", "text": "A good row among bad ones, long enough."}) + "\n"
@@ -100,9 +102,11 @@ def test_bad_inputs_are_quarantined_with_reasons_and_good_documents_indexed(
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    message = (f"bad-input corpus ({sum(p.stat().st_size for p in documents.iterdir()) / 2**20:.1f} MiB, "
-               f"{len(loaded)} documents, {len(problems)} unreadable): load + validate {elapsed:.1f} s, "
-               f"peak Python memory {peak / 2**20:.1f} MiB")  # fmt: skip
+    message = (
+        f"bad-input corpus ({sum(p.stat().st_size for p in documents.iterdir()) / 2**20:.1f} MiB, "
+        f"{len(loaded)} documents, {len(problems)} unreadable): load + validate {elapsed:.1f} s, "
+        f"peak Python memory {peak / 2**20:.1f} MiB"
+    )
     print(message)
     log.warning(message)
     assert set(validated.valid_ids) == good

@@ -165,8 +165,14 @@ def test_a_version_whose_gate_failed_becomes_champion_only_with_an_override_and_
     assert _champion(env) is None
 
     dag = _dag("promote_model")
-    dag_run = dag.test(run_conf={"action": "promote", "version": int(trained.version), "override": True,
-                                 "reason": "accepted by risk owner for the pilot"})  # fmt: skip
+    dag_run = dag.test(
+        run_conf={
+            "action": "promote",
+            "version": int(trained.version),
+            "override": True,
+            "reason": "accepted by risk owner for the pilot",
+        }
+    )
     assert _states(dag_run) == {"move_alias": "success", "audit_registry": "success"}
     assert _champion(env) == trained.version
     tags = _client(env).get_model_version(env.registered_model, trained.version).tags
@@ -269,11 +275,14 @@ def _summary(champion: str | None) -> EvaluationSummary:
         }
 
     return EvaluationSummary(
-        {"base": {**scores, "rouge_l": 0.1, "format_compliance": 0.0}, "candidate": scores,
-         "champion": {**scores, "rouge_l": 0.3}},
+        {
+            "base": {**scores, "rouge_l": 0.1, "format_compliance": 0.0},
+            "candidate": scores,
+            "champion": {**scores, "rouge_l": 0.3},
+        },
         champion,
         {"base": items(0.1, 0.0), "candidate": items(0.5, 1.0), "champion": items(0.3, 1.0)},
-    )  # fmt: skip
+    )
 
 
 def test_decide_does_not_move_a_champion_that_moved_since_evaluate(env: Settings, trained: Trained) -> None:
@@ -327,8 +336,9 @@ def _last_run(settings: Settings):  # type: ignore[no-untyped-def]
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    return mlflow.search_runs(experiment_names=[settings.training_experiment], order_by=["start_time DESC"],
-                              output_format="list")[0]  # fmt: skip
+    return mlflow.search_runs(
+        experiment_names=[settings.training_experiment], order_by=["start_time DESC"], output_format="list"
+    )[0]
 
 
 def test_a_drop_that_swaps_the_eval_set_and_poisons_train_never_becomes_champion(
@@ -354,9 +364,10 @@ def test_a_drop_that_swaps_the_eval_set_and_poisons_train_never_becomes_champion
     # The champion was re-scored on the new yardstick in the same run.
     assert run.data.tags["champion.version_at_eval"] == champion and "champion.rouge_l" in run.data.metrics
     diff = json.loads(
-        Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/yardstick_diff.json"))
-        .read_text()
-    )  # fmt: skip
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/yardstick_diff.json")
+        ).read_text()
+    )
     removed = diff["files"]["eval.jsonl"]["removed"]
     assert sorted(removed) == sorted(r.id for r in evals[6:])
 

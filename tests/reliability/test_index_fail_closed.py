@@ -121,8 +121,11 @@ def test_drop_that_leaves_one_of_42_documents_is_refused_before_writing(
     with pytest.raises(MassChangeRefused, match=r"delete 41 and rewrite 0 of 42 live documents"):
         run_reindex(whole_corpus, embedder=embedder)
     assert snapshot_collection(whole_corpus) == before
-    refused = mlflow.search_runs(experiment_names=[whole_corpus.reindex_experiment], filter_string=
-                                 "tags.gate = 'refused_mass_change'", output_format="list")  # fmt: skip
+    refused = mlflow.search_runs(
+        experiment_names=[whole_corpus.reindex_experiment],
+        filter_string="tags.gate = 'refused_mass_change'",
+        output_format="list",
+    )
     assert len(refused) == 1 and refused[0].data.params["allow_mass_change"] == "False"
 
     # A person allows it: the guard steps aside, and the gate still refuses, because the golden
@@ -139,8 +142,10 @@ def test_gate_compares_with_the_reference_run_so_quality_cannot_drift_down(
 
     first_run = mlflow.search_runs(experiment_names=[indexed.reindex_experiment], output_format="list")[0]
     # A bad day that a lenient operator let through: every report's title and text replaced by filler.
-    filler = [{**row, "title": f"Memo {i}", "text": "Filler about nothing in particular. " * 30}
-              for i, row in enumerate(sample_reports(N_REPORTS))]  # fmt: skip
+    filler = [
+        {**row, "title": f"Memo {i}", "text": "Filler about nothing in particular. " * 30}
+        for i, row in enumerate(sample_reports(N_REPORTS))
+    ]
     write_reports(_docs_dir(indexed), filler)
     lenient = indexed.model_copy(update={"retrieval_tolerance": 1.0})
     worse = run_reindex(lenient, embedder=embedder, allow_mass_change=True)

@@ -14,19 +14,33 @@ POLICY = AclPolicy()
 
 @pytest.mark.parametrize(
     ("value", "groups"),
-    [(["hr", "finance"], ("finance", "hr")), ("hr, finance", ("finance", "hr")), ("hr,finance", ("finance", "hr")),
-     (" hr ", ("hr",)), (["public"], ("public",)), ("hr\nfinance", ("finance", "hr"))],
-)  # fmt: skip
+    [
+        (["hr", "finance"], ("finance", "hr")),
+        ("hr, finance", ("finance", "hr")),
+        ("hr,finance", ("finance", "hr")),
+        (" hr ", ("hr",)),
+        (["public"], ("public",)),
+        ("hr\nfinance", ("finance", "hr")),
+    ],
+)
 def test_lists_and_comma_separated_strings_read_the_same(value: object, groups: tuple[str, ...]) -> None:
     assert parse_acl(value, POLICY) == Acl(groups)
 
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [([], "ACL is empty"), ("", "ACL is empty"), (None, "not null"), ("hr,,finance", "empty group name"),
-     ("hr,", "empty group name"), (["HR"], "does not match ACL_GROUP_PATTERN"), ({"hr": 1}, "not dict"),
-     ([1], "must be strings"), (["a b"], "does not match ACL_GROUP_PATTERN")],
-)  # fmt: skip
+    [
+        ([], "ACL is empty"),
+        ("", "ACL is empty"),
+        (None, "not null"),
+        ("hr,,finance", "empty group name"),
+        ("hr,", "empty group name"),
+        (["HR"], "does not match ACL_GROUP_PATTERN"),
+        ({"hr": 1}, "not dict"),
+        ([1], "must be strings"),
+        (["a b"], "does not match ACL_GROUP_PATTERN"),
+    ],
+)
 def test_mis_specified_acls_are_problems(value: object, problem: str) -> None:
     assert problem in parse_acl(value, POLICY).problem
 
@@ -44,8 +58,12 @@ def _corpus(root: Path) -> None:
     (root / "string.md").write_text('---\nacl: "hr, finance"\n---\n# String\n\nBudget shared by hr and finance.')
     (root / "empty.md").write_text("---\nacl: []\n---\n# Empty\n\nA document readable by nobody at all.")
     (root / "page.html").write_text('<html><head><meta name="Acl" content="legal"></head><body>x</body></html>')
-    (root / "rows.jsonl").write_text(json.dumps({"_id": "r1", "text": "row", "Acl": ["hr"]}) + "\n"
-                                     + json.dumps({"_id": "r2", "text": "row", "acl": "hr, legal"}) + "\n")  # fmt: skip
+    (root / "rows.jsonl").write_text(
+        json.dumps({"_id": "r1", "text": "row", "Acl": ["hr"]})
+        + "\n"
+        + json.dumps({"_id": "r2", "text": "row", "acl": "hr, legal"})
+        + "\n"
+    )
     (root / "plain.txt").write_text("Plain notes about the quarter.")
     (root / "memo.txt").write_text("A memo with a sidecar.")
     (root / "memo.txt.meta.yaml").write_text("acl: finance, legal\ntitle: Board memo\n")

@@ -8,8 +8,9 @@ from pipelines.knowledge.documents import Document, LoadProblem
 from pipelines.knowledge.validation import ValidationLimits, validate_documents
 from pipelines.settings import Settings
 
-LIMITS = ValidationLimits(min_text_chars=10, max_text_chars=10_000, max_invalid_share=0.9,
-                          pii_patterns=tuple(Settings().pii_patterns))  # fmt: skip
+LIMITS = ValidationLimits(
+    min_text_chars=10, max_text_chars=10_000, max_invalid_share=0.9, pii_patterns=tuple(Settings().pii_patterns)
+)
 SECRET = "api_key = sk_live_Zq9V7mXc4T2pLr8N"
 RESTRICTED = "The merger with Northwind closes on the ninth of March at 41 dollars a share."
 

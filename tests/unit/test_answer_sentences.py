@@ -19,8 +19,19 @@ def _answer(text: str, sentences_from: list[int], strict: bool = False) -> Answe
     sentences = cite_sentences(text, sentences_from, CONTEXTS)
     shown, dropped = strict_text(text, sentences) if strict else (text, [])
     citation = Citation(2, "bank_chunk_7", "bank", "From Branches to Bots: Will AI Transform Banking?", "beir://bank")
-    return Answer("q", shown, [citation], "test", text, Timings(0.0, 0.0), True, contexts=CONTEXTS,
-                  grounded=True, sentences=sentences, dropped=dropped)  # fmt: skip
+    return Answer(
+        "q",
+        shown,
+        [citation],
+        "test",
+        text,
+        Timings(0.0, 0.0),
+        True,
+        contexts=CONTEXTS,
+        grounded=True,
+        sentences=sentences,
+        dropped=dropped,
+    )
 
 
 def test_each_sentence_is_cited_with_its_supporting_chunk_and_span() -> None:

@@ -10,8 +10,9 @@ from pipelines.knowledge.documents import Document, LoadProblem
 from pipelines.knowledge.validation import ValidationFailed, ValidationLimits, enforce, validate_documents
 from pipelines.settings import Settings
 
-LIMITS = ValidationLimits(min_text_chars=10, max_text_chars=10_000, max_invalid_share=0.5,
-                          pii_patterns=tuple(Settings().pii_patterns))  # fmt: skip
+LIMITS = ValidationLimits(
+    min_text_chars=10, max_text_chars=10_000, max_invalid_share=0.5, pii_patterns=tuple(Settings().pii_patterns)
+)
 
 
 def _good(i: int) -> Document:

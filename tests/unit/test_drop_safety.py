@@ -16,8 +16,14 @@ from pipelines.drops import DropTarget
 @pytest.fixture
 def target(tmp_path: Path) -> DropTarget:
     (tmp_path / "drop").mkdir()
-    return DropTarget("documents", tmp_path / "drop", tmp_path / "data", {"name": "documents", "uri": "x://d"},
-                      max_bytes=1000, report_dir=tmp_path / "quarantine" / "drops")  # fmt: skip
+    return DropTarget(
+        "documents",
+        tmp_path / "drop",
+        tmp_path / "data",
+        {"name": "documents", "uri": "x://d"},
+        max_bytes=1000,
+        report_dir=tmp_path / "quarantine" / "drops",
+    )
 
 
 @pytest.fixture

@@ -67,12 +67,20 @@ def test_a_jwt_is_refused_when_oidc_is_not_configured(tmp_path: Path) -> None:
     [
         {"oidc_issuer": "https://idp.test", "oidc_jwks_url": "http://127.0.0.1:1/jwks"},  # no audience
         {"oidc_issuer": "https://idp.test", "oidc_audience": "api"},  # no JWKS
-        {"oidc_issuer": "https://idp.test", "oidc_audience": "api", "oidc_jwks_url": "http://x/j",
-         "oidc_algorithms": "RS256,HS256"},
-        {"oidc_issuer": "https://idp.test", "oidc_audience": "api", "oidc_jwks_url": "http://x/j",
-         "oidc_algorithms": "none"},
+        {
+            "oidc_issuer": "https://idp.test",
+            "oidc_audience": "api",
+            "oidc_jwks_url": "http://x/j",
+            "oidc_algorithms": "RS256,HS256",
+        },
+        {
+            "oidc_issuer": "https://idp.test",
+            "oidc_audience": "api",
+            "oidc_jwks_url": "http://x/j",
+            "oidc_algorithms": "none",
+        },
     ],
-)  # fmt: skip
+)
 def test_an_incomplete_or_unsafe_oidc_configuration_refuses_to_start(tmp_path: Path, update: dict) -> None:
     from pipelines.serving.auth import authenticator_from
     from pipelines.settings import Settings
