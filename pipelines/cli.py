@@ -332,8 +332,13 @@ def _feedback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
     import uvicorn
 
+    # Every authentication decision is logged (INFO: allowed, WARNING: denied), never the token.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pipelines.serving").setLevel(logging.INFO)
     uvicorn.run("pipelines.serving.app:app_from_env", factory=True, host=settings.serve_host, port=settings.serve_port)
     return 0
 
