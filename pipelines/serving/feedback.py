@@ -25,10 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from pipelines.serving.schemas import _Strict
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ MAX_TEXT_CHARS = 4000
 MAX_CITED = 10
 
 
-class FeedbackRequest(BaseModel):
-    """What the client sends: the exchange it rates, by chunk id (the server reads the chunks itself)."""
+class FeedbackRequest(_Strict):
+    """What the client sends: the exchange it rates, by chunk id (the server reads the chunks itself).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict like every request: unknown fields are refused, and naming groups or an ACL is a 400.
+    """
 
     question: str = Field(min_length=1, max_length=1000)
     answer: str = Field(max_length=MAX_TEXT_CHARS)
