@@ -147,6 +147,11 @@ def test_good_run_registers_a_challenger_with_lineage_and_a_recorded_gate(env: S
 
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="evaluation")}
     assert {"evaluation/items.jsonl", "evaluation/summary.md"} <= artifacts
+    # The gate's verdict carries its confidence intervals: on the version, in the run and in the summary table.
+    assert version.tags["gate.ci.rouge_l.vs_base"].count("[") == 1, version.tags
+    assert "gate.rouge_l.vs_base.low" in metrics and "gate.forgetting.high" in metrics
+    summary = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/summary.md")
+    assert "## Gate" in summary and "ROUGE-L vs base" in summary, summary
     assert "training/loss_curve.png" in {
         a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="training")
     }
