@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -288,7 +289,10 @@ def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str,
         if champion:
             mlflow.set_tag("champion.version_at_eval", champion)
     log.info("\n%s", summary_table(reports))
-    scores = {r.model: {k: v for k, v in asdict(r).items() if isinstance(v, float)} for r in reports}
+    # Finite values only: XCom is JSON (no NaN in PostgreSQL), and `abstention` is NaN when no abstention item ran.
+    scores = {
+        r.model: {k: v for k, v in asdict(r).items() if isinstance(v, float) and math.isfinite(v)} for r in reports
+    }
     return EvaluationSummary(scores, champion, {r.model: r.per_item() for r in reports})
 
 
