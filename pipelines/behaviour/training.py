@@ -91,6 +91,8 @@ def tokenize_record(tokenizer: Any, record: InstructionRecord, max_seq_len: int)
     )
     full = _ids(tokenizer.apply_chat_template(chat_messages(record.question, record.contexts, record.reference)))
     full = full[:max_seq_len]
+    # The full chat starts with the prompt's tokens: mask them (and nothing after), so the model is
+    # graded on writing the answer, not on predicting the question and sources it was given.
     labels = [IGNORE] * min(len(prompt), len(full)) + full[len(prompt) :]
     return Example(full, labels)
 
@@ -149,8 +151,9 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
 
     causal_lm = model.get_base_model()
     hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    # Position t predicts token t+1: shift labels left by one and drop the last hidden state.
     targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
+    keep = targets != IGNORE  # answer tokens only; the mean below is over them, not over the prompt
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
     return torch.nn.functional.cross_entropy(logits, targets[keep])
 
@@ -181,6 +184,8 @@ def train_adapter(
     device = next(peft_model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    # Factor on `learning_rate`: linear warm-up over the first `warmup_ratio` of steps (AdamW's moment
+    # estimates are noisy at first, so full-size early steps overshoot), then linear decay to 0 at the last step.
     warmup = max(1, int(total * config.warmup_ratio))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
@@ -196,7 +201,7 @@ def train_adapter(
         with autocast:
             loss = answer_loss(peft_model, batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # a long answer in a small batch must not kick the adapter
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
