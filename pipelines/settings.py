@@ -216,10 +216,6 @@ class Settings(BaseSettings):
         return self.api_keys_file or self.state_dir / "secrets" / "api-keys.json"
 
     @property
-    def dvc_remote_dir(self) -> Path:
-        return self.state_dir / "dvc-remote"
-
-    @property
     def documents_location(self) -> str:
         return self.documents_url or str(self.data_dir / "documents")
 

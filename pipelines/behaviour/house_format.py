@@ -75,12 +75,6 @@ def content_words(text: str) -> list[str]:
     return [w for w in words(text) if w not in STOPWORDS]
 
 
-def truncate_words(text: str, limit: int) -> str:
-    """At most `limit` whitespace-separated words of `text`."""
-    parts = text.split()
-    return " ".join(parts[:limit]) + (" …" if len(parts) > limit else "")
-
-
 def render_user_turn(question: str, contexts: Sequence[ContextChunk]) -> str:
     """The user message: the question, then the numbered sources."""
     sources = "\n".join(f"[{c.label}] {c.title}: {c.text}" for c in contexts)

@@ -10,7 +10,6 @@ holds the frame, the suite and the reasons; `pipelines.expectations` runs GX.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -211,10 +210,3 @@ def validate_training_data(data: TrainingData, tokenizer: Any, limits: DataLimit
         counts = [f"train={len(data.train)}", f"eval={len(data.eval)}", f"ood={len(data.ood)}"]
         report.failures.append(Failure("record_counts", "split", "too few records in a split", 1, counts))
     return report
-
-
-def pattern_list(patterns: Sequence[str]) -> tuple[str, ...]:
-    """Patterns GX can apply (Python's inline flags such as `(?i)` are kept; invalid ones raise now)."""
-    for pattern in patterns:
-        re.compile(pattern)
-    return tuple(patterns)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -392,10 +391,3 @@ def _stop_group(pid: int, timeout_s: float = 30.0) -> None:
 def status(settings: Settings) -> dict[str, int | None]:
     """PID of each service of the stack, or None when it is not running."""
     return {name: running_pid(settings, name) for name in SERVICE_NAMES}
-
-
-def remove_state(settings: Settings) -> None:
-    """Delete the state folder (only when nothing is running)."""
-    if any(status(settings).values()):
-        raise StackError("stack is running: run `pipelines down` first")
-    shutil.rmtree(settings.state_dir, ignore_errors=True)
