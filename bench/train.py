@@ -2,7 +2,8 @@
 
     python bench/train.py [--warmup 4] [--measured 16] [--repeats 3] [--threads 2]
 
-Contenders (`--contenders`, default all but packing):
+Contenders (`--contenders`, default pipeline,trainer,sft; a padding-free contender is timed only when its
+correctness check passes, and that check always runs and is recorded):
   pipeline        pipelines.behaviour.training.train_adapter (length-grouped batches, LM head on answer tokens)
   trainer         transformers.Trainer, train_sampling_strategy="group_by_length" (transformers 5's name for
                   group_by_length=True), answer-only labels, dynamic padding
@@ -20,7 +21,7 @@ per repeat). Tokens/s counts the non-pad tokens of the batches the measured step
 the same way for every contender (attention-mask sum; sequence length for padding-free rows). "Final loss" is the
 answer-token cross-entropy of the trained adapter on held-out records, computed by one function for all.
 
-Writes bench/results/train.json (or --out).
+Writes bench/results/train.json (or --out) after every run, so an interrupted run keeps its complete repeats.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from pipelines.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("pipeline", "trainer", "sft", "sft_padding_free", "sft_packing")
-DEFAULT_CONTENDERS = ("pipeline", "trainer", "sft", "sft_padding_free")
+DEFAULT_CONTENDERS = ("pipeline", "trainer", "sft")
+OPTIONS = ("warmup", "measured", "repeats", "threads", "heldout", "contenders")
 
 
 @dataclass
@@ -323,6 +325,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=12, help="held-out eval records for the final loss")
     parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"from {','.join(CONTENDERS)}")
     parser.add_argument("--out", type=Path, default=RESULTS / "train.json")
+    parser.add_argument("--checks-only", action="store_true", help="only the same-records and padding-free checks")
     args = parser.parse_args()
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(contenders) - set(CONTENDERS)
@@ -342,16 +345,43 @@ def main() -> None:
     config = replace(RetrainRequest.from_settings(settings, {"steps": steps}).train, steps=steps, epochs=0.0)
     heldout = data.eval[: args.heldout]
 
-    checks = {"same_records": check_same_records(base, data.train, config)}
+    checks: dict[str, Any] = {}
+    if args.checks_only:
+        checks["same_records"] = check_same_records(base, data.train, config)
+        checks["padding_free"] = check_padding_free(base, data.train, config)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": "python bench/train.py --checks-only", "checks": checks,
+                                        "versions": {"transformers": transformers.__version__, "trl": trl.__version__}},
+                                       indent=2))  # fmt: skip
+        print(json.dumps(checks, indent=2))
+        return
     if "sft_padding_free" in contenders:
         checks["padding_free"] = check_padding_free(base, data.train, config)
         if not checks["padding_free"]["correct"]:
             # A wrong loss is no contender: its speed would be the speed of training on contaminated attention.
             contenders.remove("sft_padding_free")
             checks["padding_free"]["timed"] = False
-    print(json.dumps(checks, indent=2))
 
     runs: list[Run] = []
+
+    def save() -> None:
+        """Write what is measured so far (summary over complete repeats only): a killed run still leaves data."""
+        complete = [r for r in runs if sum(x.repeat == r.repeat for x in runs) == len(contenders)]
+        load = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "command": "python bench/train.py " + " ".join(f"--{k} {getattr(args, k)}" for k in OPTIONS),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+            "machine_note": f"shared with other agents running tests (load average {load[0]:.1f} at the last write); "
+                            "contenders alternate within each repeat, so compare ratios and medians, not absolutes",
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+            "config": {**config.as_params(), "warmup_steps_excluded": args.warmup, "measured_steps": args.measured,
+                       "threads": args.threads, "heldout_records": len(heldout)},
+            "complete_repeats": len({r.repeat for r in complete}),
+            "checks": checks, "summary": summarise(complete, contenders) if complete else {},
+            "runs": [r.__dict__ for r in runs],
+        }, indent=2))  # fmt: skip
+
     for repeat in range(args.repeats):
         order = contenders[repeat % len(contenders) :] + contenders[: repeat % len(contenders)]
         for name in order:
@@ -363,8 +393,10 @@ def main() -> None:
                       heldout_loss(model, load_tokenizer(base), heldout, config))  # fmt: skip
             runs.append(run)
             print(f"repeat {repeat} {name:18s} {run.tokens_per_s:8.1f} tokens/s ({tokens} tokens in {seconds:.1f}s)"
-                  f" train loss (last 4) {run.train_loss_last4:.3f}, held-out {run.heldout_loss:.3f}")  # fmt: skip
+                  f" train loss (last 4) {run.train_loss_last4:.3f}, held-out {run.heldout_loss:.3f}",
+                  flush=True)  # fmt: skip
             del model
+            save()
 
     summary = summarise(runs, contenders)
     print(f"\n{'contender':18s} {'tokens/s median [min-max]':>28s} {'pipeline ratio':>15s} {'held-out loss':>14s}")
@@ -372,19 +404,12 @@ def main() -> None:
         ratio = f"{s['pipeline_ratio_median']:.2f}x" if "pipeline_ratio_median" in s else "-"
         print(f"{name:18s} {s['tokens_per_s_median']:10.1f} [{s['tokens_per_s_min']:.1f}-{s['tokens_per_s_max']:.1f}]"
               f"{ratio:>15s} {s['heldout_loss_median']:14.3f}")  # fmt: skip
-    load = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": "python bench/train.py " + " ".join(
-            f"--{k} {getattr(args, k)}" for k in ("warmup", "measured", "repeats", "threads", "heldout", "contenders")),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "machine_note": f"shared with other agents running tests (load average at end {load[0]:.1f}); "
-                        "contenders alternate within each repeat, so compare ratios and medians, not absolutes",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-        "config": {**config.as_params(), "warmup_steps_excluded": args.warmup, "measured_steps": args.measured,
-                   "threads": args.threads, "heldout_records": len(heldout)},
-        "checks": checks, "summary": summary, "runs": [r.__dict__ for r in runs],
-    }, indent=2))  # fmt: skip
+    # Checks after the timed runs (they cost minutes on a loaded machine and change no timing).
+    checks["same_records"] = check_same_records(base, data.train, config)
+    if "padding_free" not in checks:
+        checks["padding_free"] = {**check_padding_free(base, data.train, config), "timed": False}
+    print(json.dumps(checks, indent=2))
+    save()
     print(f"saved {args.out}")
 
 
