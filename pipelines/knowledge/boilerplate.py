@@ -48,6 +48,9 @@ class BoilerplateRule:
     ngram_words: int = 4
     max_gap_words: int = 4
     min_span_words: int = 8
+    # Longer documents are left as they are (validation quarantines them for length anyway): shingling a
+    # 15 MB text costs seconds and hundreds of MB for nothing.
+    max_document_chars: int = 2_000_000
 
     def signature(self) -> dict[str, Any]:
         return {"name": CLEANER_NAME, **dataclasses.asdict(self)}
@@ -96,6 +99,7 @@ def boilerplate_rule(settings: Settings) -> BoilerplateRule:
         settings.boilerplate_ngram_words,
         settings.boilerplate_max_gap_words,
         settings.boilerplate_min_span_words,
+        settings.max_text_chars,
     )
 
 
@@ -168,7 +172,7 @@ def remove_boilerplate(documents: Sequence[Document], rule: BoilerplateRule) -> 
     quarantines it with a reason naming the cleaning. ACLs and ids are untouched.
     """
     report = CleaningReport(rule.signature(), len(documents))
-    spans = find_shared_spans([d.text for d in documents], rule)
+    spans = find_shared_spans([d.text if len(d.text) <= rule.max_document_chars else "" for d in documents], rule)
     cleaned: list[Document] = []
     examples: Counter[str] = Counter()
     for document, cuts in zip(documents, spans, strict=True):

@@ -104,3 +104,10 @@ def test_html_page_keeps_its_article_and_loses_navigation_and_cookie_banner() ->
     for chrome in ("Download Article", "cookies", "About us", "Privacy policy"):
         assert chrome not in document.text
     assert document.acl == ("sales",) and document.title == "AI in banking"
+
+
+def test_a_document_over_the_length_cap_is_left_for_validation_to_quarantine() -> None:
+    docs = [_doc(f"r{i}", _report(i, t)) for i, t in enumerate(TOPICS)]
+    huge = _doc("huge", _report(0, "Retail banks") * 40)
+    cleaned, report = remove_boilerplate([*docs, huge], BoilerplateRule(max_document_chars=5_000))
+    assert cleaned[-1] is huge and "huge" not in report.cleaned and len(report.cleaned) == 5
