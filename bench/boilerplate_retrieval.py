@@ -41,10 +41,15 @@ def run_case(base: Settings, name: str, min_documents: int, embedder: Embedder, 
     shutil.copytree(ROOT / "data" / "documents", data / "documents")
     shutil.copytree(ROOT / "data" / "golden", data / "golden")
     tag = uuid.uuid4().hex[:6]
-    settings = base.model_copy(update={
-        "data_dir": data, "state_dir": work / name / "state", "collection_alias": f"Boiler{name.title()}{tag}",
-        "reindex_experiment": f"bench-boilerplate-{name}-{tag}", "boilerplate_min_documents": min_documents,
-    })  # fmt: skip
+    settings = base.model_copy(
+        update={
+            "data_dir": data,
+            "state_dir": work / name / "state",
+            "collection_alias": f"Boiler{name.title()}{tag}",
+            "reindex_experiment": f"bench-boilerplate-{name}-{tag}",
+            "boilerplate_min_documents": min_documents,
+        }
+    )
     report = run_reindex(settings, full_rebuild=True, embedder=embedder)
     summary = report.summary()
     return {
@@ -65,8 +70,10 @@ def main() -> None:
             "after": run_case(base, "after", base.boilerplate_min_documents, embedder, Path(tmp)),
         }
     keys = ("hybrid_ndcg_at_10", "hybrid_recall_at_10", "hybrid_mrr", "bm25_ndcg_at_10", "vector_ndcg_at_10")
-    delta = {k: round(float(cases["after"]["metrics"][k]) - float(cases["before"]["metrics"][k]), 4)  # type: ignore[index]
-             for k in keys}  # fmt: skip
+    delta = {
+        k: round(float(cases["after"]["metrics"][k]) - float(cases["before"]["metrics"][k]), 4)  # type: ignore[index]
+        for k in keys
+    }
     result = {
         "command": "python bench/boilerplate_retrieval.py",
         "corpus": "data/documents/business-reports.jsonl (42 reports)",

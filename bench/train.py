@@ -183,8 +183,7 @@ def run_trainer(base: BaseModel, records: list[InstructionRecord], config: Train
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
     cls, clock, callback = clocked(Trainer)
     args = TrainingArguments(**trainer_arguments(config, tempfile.mkdtemp(prefix="bench-trainer-")))
-    trainer = cls(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                  callbacks=[callback])  # fmt: skip
+    trainer = cls(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[callback])
     trainer.train()
     return trainer.model, clock
 
@@ -215,8 +214,13 @@ def sft_trainer(base: BaseModel, records: list[InstructionRecord], config: Train
     if variant != "sft":
         sft_args.pop("train_sampling_strategy")  # one row per batch / packed rows: no lengths to group by
     cls, clock, callback = clocked(SFTTrainer)
-    trainer = cls(model=model, args=SFTConfig(completion_only_loss=True, **sft_args), processing_class=tokenizer,
-                  train_dataset=prompt_completion(records), callbacks=[callback])  # fmt: skip
+    trainer = cls(
+        model=model,
+        args=SFTConfig(completion_only_loss=True, **sft_args),
+        processing_class=tokenizer,
+        train_dataset=prompt_completion(records),
+        callbacks=[callback],
+    )
     return trainer, clock
 
 
@@ -247,8 +251,12 @@ def check_same_records(base: BaseModel, records: list[InstructionRecord], config
     for example, row in zip(ours, trainer.train_dataset, strict=True):  # strict: TRL dropped no record
         same_ids += example.input_ids == row["input_ids"]
         same_labels += example.labels == row["labels"]
-    return {"records": len(ours), "identical_input_ids": same_ids, "identical_labels": same_labels,
-            "longest_record_tokens": max(len(e.input_ids) for e in ours)}  # fmt: skip
+    return {
+        "records": len(ours),
+        "identical_input_ids": same_ids,
+        "identical_labels": same_labels,
+        "longest_record_tokens": max(len(e.input_ids) for e in ours),
+    }
 
 
 def check_padding_free(base: BaseModel, records: list[InstructionRecord], config: TrainConfig) -> dict[str, Any]:
@@ -350,9 +358,16 @@ def main() -> None:
         checks["same_records"] = check_same_records(base, data.train, config)
         checks["padding_free"] = check_padding_free(base, data.train, config)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": "python bench/train.py --checks-only", "checks": checks,
-                                        "versions": {"transformers": transformers.__version__, "trl": trl.__version__}},
-                                       indent=2))  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": "python bench/train.py --checks-only",
+                    "checks": checks,
+                    "versions": {"transformers": transformers.__version__, "trl": trl.__version__},
+                },
+                indent=2,
+            )
+        )
         print(json.dumps(checks, indent=2))
         return
     if "sft_padding_free" in contenders:
@@ -369,18 +384,34 @@ def main() -> None:
         complete = [r for r in runs if sum(x.repeat == r.repeat for x in runs) == len(contenders)]
         load = os.getloadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "command": "python bench/train.py " + " ".join(f"--{k} {getattr(args, k)}" for k in OPTIONS),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-            "machine_note": f"shared with other agents running tests (load average {load[0]:.1f} at the last write); "
-                            "contenders alternate within each repeat, so compare ratios and medians, not absolutes",
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-            "config": {**config.as_params(), "warmup_steps_excluded": args.warmup, "measured_steps": args.measured,
-                       "threads": args.threads, "heldout_records": len(heldout)},
-            "complete_repeats": len({r.repeat for r in complete}),
-            "checks": checks, "summary": summarise(complete, contenders) if complete else {},
-            "runs": [r.__dict__ for r in runs],
-        }, indent=2))  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": "python bench/train.py " + " ".join(f"--{k} {getattr(args, k)}" for k in OPTIONS),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+                    "machine_note": "shared with other agents running tests "
+                    f"(load average {load[0]:.1f} at the last write); "
+                    "contenders alternate within each repeat, so compare ratios and medians, not absolutes",
+                    "versions": {
+                        "torch": torch.__version__,
+                        "transformers": transformers.__version__,
+                        "trl": trl.__version__,
+                    },
+                    "config": {
+                        **config.as_params(),
+                        "warmup_steps_excluded": args.warmup,
+                        "measured_steps": args.measured,
+                        "threads": args.threads,
+                        "heldout_records": len(heldout),
+                    },
+                    "complete_repeats": len({r.repeat for r in complete}),
+                    "checks": checks,
+                    "summary": summarise(complete, contenders) if complete else {},
+                    "runs": [r.__dict__ for r in runs],
+                },
+                indent=2,
+            )
+        )
 
     for repeat in range(args.repeats):
         order = contenders[repeat % len(contenders) :] + contenders[: repeat % len(contenders)]
@@ -389,12 +420,21 @@ def main() -> None:
             if len(clock.ends) != steps or len(clock.tokens) != steps:
                 raise RuntimeError(f"{name}: {len(clock.ends)} step ends, {len(clock.tokens)} token counts")
             tokens, seconds = clock.measured(args.warmup)
-            run = Run(name, repeat, tokens / seconds, tokens, seconds, statistics.fmean(clock.losses[-4:]),
-                      heldout_loss(model, load_tokenizer(base), heldout, config))  # fmt: skip
+            run = Run(
+                name,
+                repeat,
+                tokens / seconds,
+                tokens,
+                seconds,
+                statistics.fmean(clock.losses[-4:]),
+                heldout_loss(model, load_tokenizer(base), heldout, config),
+            )
             runs.append(run)
-            print(f"repeat {repeat} {name:18s} {run.tokens_per_s:8.1f} tokens/s ({tokens} tokens in {seconds:.1f}s)"
-                  f" train loss (last 4) {run.train_loss_last4:.3f}, held-out {run.heldout_loss:.3f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"repeat {repeat} {name:18s} {run.tokens_per_s:8.1f} tokens/s ({tokens} tokens in {seconds:.1f}s)"
+                f" train loss (last 4) {run.train_loss_last4:.3f}, held-out {run.heldout_loss:.3f}",
+                flush=True,
+            )
             del model
             save()
 
@@ -402,8 +442,10 @@ def main() -> None:
     print(f"\n{'contender':18s} {'tokens/s median [min-max]':>28s} {'pipeline ratio':>15s} {'held-out loss':>14s}")
     for name, s in summary.items():
         ratio = f"{s['pipeline_ratio_median']:.2f}x" if "pipeline_ratio_median" in s else "-"
-        print(f"{name:18s} {s['tokens_per_s_median']:10.1f} [{s['tokens_per_s_min']:.1f}-{s['tokens_per_s_max']:.1f}]"
-              f"{ratio:>15s} {s['heldout_loss_median']:14.3f}")  # fmt: skip
+        print(
+            f"{name:18s} {s['tokens_per_s_median']:10.1f} [{s['tokens_per_s_min']:.1f}-{s['tokens_per_s_max']:.1f}]"
+            f"{ratio:>15s} {s['heldout_loss_median']:14.3f}"
+        )
     # Checks after the timed runs (they cost minutes on a loaded machine and change no timing).
     checks["same_records"] = check_same_records(base, data.train, config)
     if "padding_free" not in checks:

@@ -132,8 +132,9 @@ def validate_step(settings: Settings, tags: Mapping[str, str] | None = None) -> 
         mlflow.log_artifact(str(report_path), "validation")
         if report.data_docs_dir and Path(report.data_docs_dir).exists():
             mlflow.log_artifacts(report.data_docs_dir, "validation/data_docs")
-        mlflow.log_metrics({"docs_total": report.total, "docs_valid": len(report.valid_ids),
-                            "docs_quarantined": report.invalid_count})  # fmt: skip
+        mlflow.log_metrics(
+            {"docs_total": report.total, "docs_valid": len(report.valid_ids), "docs_quarantined": report.invalid_count}
+        )
         mlflow.set_tag("validation", report.summary())
         if report.hard_failure:
             mlflow.set_tag("gate", "validation_failed")
@@ -288,8 +289,9 @@ def reconcile(
         found["orphans_deleted"] = idx.delete_objects(client, collection, orphans, settings.delete_page_size)
     if missing:
         damaged = [d for d, e in manifest.documents.items() if any(c.uuid in missing for c in e.chunks)]
-        log.warning("%d chunks of %d documents are missing from %s; re-writing them", len(missing), len(damaged),
-                    collection)  # fmt: skip
+        log.warning(
+            "%d chunks of %d documents are missing from %s; re-writing them", len(missing), len(damaged), collection
+        )
         for doc_id in damaged:  # re-planned as new: all their chunks are written again as the next generation
             del manifest.documents[doc_id]
         found["missing_chunks"] = len(missing)
@@ -321,8 +323,10 @@ def _collect_retired(
     target = client.collections.use(collection)
     deleted = 0
     while True:  # deleted objects drop out of the filter: the first page is always the next one
-        page = [str(o.uuid) for o in target.query.fetch_objects(filters=retired, limit=page_size,
-                                                                return_properties=[]).objects]  # fmt: skip
+        page = [
+            str(o.uuid)
+            for o in target.query.fetch_objects(filters=retired, limit=page_size, return_properties=[]).objects
+        ]
         if not page:
             return deleted
         deleted += idx.delete_objects(client, collection, page, page_size)
@@ -430,16 +434,29 @@ def index_step(
         started = time.perf_counter()
         if not incremental:
             # Generation 0 until the commit: even a direct query of the new collection sees nothing unevaluated.
-            idx.create_collection(client, collection, {"run_id": run_id, **version, "state": idx.BUILDING,
-                                                       "generation": 0})  # fmt: skip
+            idx.create_collection(
+                client, collection, {"run_id": run_id, **version, "state": idx.BUILDING, "generation": 0}
+            )
         point = "mid_write" if incremental else "full_mid_write"
-        idx.upsert_chunks(client, collection, plan.to_write, vectors, generation, settings.write_page_size,
-                          after_page=lambda _n: crash_point(settings, point))  # fmt: skip
+        idx.upsert_chunks(
+            client,
+            collection,
+            plan.to_write,
+            vectors,
+            generation,
+            settings.write_page_size,
+            after_page=lambda _n: crash_point(settings, point),
+        )
         crash_point(settings, "after_write")
         if incremental:  # full rebuilds start empty: nothing to retire
-            idx.retire_objects(client, collection, plan.to_delete, generation,
-                               after_page=lambda _n: crash_point(settings, "mid_retire"),
-                               page_size=settings.write_page_size)  # fmt: skip
+            idx.retire_objects(
+                client,
+                collection,
+                plan.to_delete,
+                generation,
+                after_page=lambda _n: crash_point(settings, "mid_retire"),
+                page_size=settings.write_page_size,
+            )
         timings["write"] = time.perf_counter() - started
         if plan.to_write or plan.to_delete:
             (run_dir / WRITTEN_AT).write_text(str(time.time()))
@@ -454,12 +471,25 @@ def index_step(
     mode = "incremental" if incremental else "full"
     result = IndexResult(collection, mode, counts, timings, embedded, generation, generation - 1 if incremental else 0)
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
-        mlflow.log_params({"mode": result.mode, "collection": collection, "embedding_model": embedder.signature,
-                           "chunk_tokens": chunker.chunk_tokens, "chunk_overlap": chunker.overlap_tokens,
-                           "allow_mass_change": allow_mass_change,
-                           "max_change_share": settings.max_change_share})  # fmt: skip
-        mlflow.log_metrics({**{k: float(v) for k, v in counts.items()}, "chunks_embedded": float(embedded),
-                            "change_share": share, **{f"time_{k}_s": v for k, v in timings.items()}})  # fmt: skip
+        mlflow.log_params(
+            {
+                "mode": result.mode,
+                "collection": collection,
+                "embedding_model": embedder.signature,
+                "chunk_tokens": chunker.chunk_tokens,
+                "chunk_overlap": chunker.overlap_tokens,
+                "allow_mass_change": allow_mass_change,
+                "max_change_share": settings.max_change_share,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **{k: float(v) for k, v in counts.items()},
+                "chunks_embedded": float(embedded),
+                "change_share": share,
+                **{f"time_{k}_s": v for k, v in timings.items()},
+            }
+        )
         if rebuild_reason:
             mlflow.set_tag("full_rebuild_reason", rebuild_reason[:500])
         mlflow.log_dict(asdict(result), "index/result.json")
@@ -484,8 +514,9 @@ def commit_index(
         _check_still_staged(settings, client, result)
         if result.mode == "full":
             manifest.save(settings.manifest_dir)
-            idx.update_description(client, result.collection, **manifest.data_version, state=idx.ACCEPTED,
-                                   generation=manifest.generation)  # fmt: skip
+            idx.update_description(
+                client, result.collection, **manifest.data_version, state=idx.ACCEPTED, generation=manifest.generation
+            )
             idx.point_alias(client, settings.collection_alias, result.collection)
             crash_point(settings, "full_after_alias")
             dropped = idx.drop_old_versions(client, settings.collection_alias, settings.collections_to_keep)
@@ -494,11 +525,17 @@ def commit_index(
             return idx.alias_target(client, settings.collection_alias), dropped
         manifest.save(settings.manifest_dir)
         crash_point(settings, "after_commit")
-        idx.update_description(client, result.collection, **manifest.data_version, state=idx.ACCEPTED,
-                               generation=manifest.generation)  # fmt: skip
+        idx.update_description(
+            client, result.collection, **manifest.data_version, state=idx.ACCEPTED, generation=manifest.generation
+        )
         crash_point(settings, "after_publish")
-        _collect_retired(client, result.collection, manifest.generation, settings.delete_page_size,
-                         after_page=lambda _n: crash_point(settings, "mid_gc"))  # fmt: skip
+        _collect_retired(
+            client,
+            result.collection,
+            manifest.generation,
+            settings.delete_page_size,
+            after_page=lambda _n: crash_point(settings, "mid_gc"),
+        )
         if manifest.pending_moves:
             idx.update_positions(client, result.collection, manifest.pending_moves)
             crash_point(settings, "before_moves_cleared")
@@ -554,9 +591,12 @@ def gate_baselines(settings: Settings, exclude_run: str) -> list[Baseline]:
 
     def accepted(order: str) -> Any:
         runs = mlflow.search_runs(
-            [experiment.experiment_id], "tags.gate = 'accepted'", order_by=[f"start_time {order}"], max_results=2,
+            [experiment.experiment_id],
+            "tags.gate = 'accepted'",
+            order_by=[f"start_time {order}"],
+            max_results=2,
             output_format="list",
-        )  # fmt: skip
+        )
         return next((r for r in runs if r.info.run_id != exclude_run), None)
 
     baselines = []
@@ -580,8 +620,13 @@ def pin_reference(settings: Settings, run_id: str | None = None) -> str:
     if experiment is None:
         raise idx.IndexingError(f"no experiment {settings.reindex_experiment!r}: run a re-index first")
     if run_id is None:
-        found = mlflow.search_runs([experiment.experiment_id], "tags.gate = 'accepted'", order_by=["start_time DESC"],
-                                   max_results=1, output_format="list")  # fmt: skip
+        found = mlflow.search_runs(
+            [experiment.experiment_id],
+            "tags.gate = 'accepted'",
+            order_by=["start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
         if not found:
             raise idx.IndexingError("no accepted run to pin")
         run_id = str(found[0].info.run_id)
@@ -603,8 +648,13 @@ def plot_history(settings: Settings, path: Path) -> Path | None:
     experiment = mlflow.get_experiment_by_name(settings.reindex_experiment)
     if experiment is None:
         return None
-    runs = mlflow.search_runs([experiment.experiment_id], "metrics.hybrid_ndcg_at_10 >= 0",
-                              order_by=["start_time ASC"], max_results=200, output_format="list")  # fmt: skip
+    runs = mlflow.search_runs(
+        [experiment.experiment_id],
+        "metrics.hybrid_ndcg_at_10 >= 0",
+        order_by=["start_time ASC"],
+        max_results=200,
+        output_format="list",
+    )
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -646,8 +696,9 @@ def evaluate_step(
     golden = load_golden(settings.golden_set_dir)
     embedder = embedder or Embedder(settings.embedding_model_path, settings.embedding_batch_size)
     with idx.connect(settings) as client:  # one connection: measure, then commit or discard
-        retriever = Retriever(client, embedder, result.collection, settings.hybrid_alpha, result.generation,
-                              enforce_acl=False)  # fmt: skip
+        retriever = Retriever(
+            client, embedder, result.collection, settings.hybrid_alpha, result.generation, enforce_acl=False
+        )
         report = evaluate_retrieval(retriever, golden)
         return _gate_and_apply(settings, run_id, result, report, waited, client)
 

@@ -118,8 +118,19 @@ def _record(row: _Row) -> FeedbackRecord:
         CitedChunk(c["label"], c["chunk_id"], c["doc_id"], c["title"], c["text"], tuple(c["acl"]))
         for c in row.citations
     )
-    return FeedbackRecord(row.id, row.created_at, row.subject, row.question, row.answer, row.model_version,
-                          row.rating, row.correction, citations, row.reviewed, row.reviewed_by)  # fmt: skip
+    return FeedbackRecord(
+        row.id,
+        row.created_at,
+        row.subject,
+        row.question,
+        row.answer,
+        row.model_version,
+        row.rating,
+        row.correction,
+        citations,
+        row.reviewed,
+        row.reviewed_by,
+    )
 
 
 class FeedbackStore:
@@ -216,19 +227,25 @@ def cited_chunks(
             str(by_id[chunk_id].get("title") or ""),
             str(by_id[chunk_id].get("text") or ""),
             tuple(by_id[chunk_id].get("acl") or ()),
-        )  # fmt: skip
+        )
         for label, chunk_id in enumerate(chunk_ids, start=1)
     ]
 
 
-def record_feedback(store: FeedbackStore, client: Any, settings: Settings, principal: Any,
-                    request: FeedbackRequest) -> FeedbackReceipt:  # fmt: skip
+def record_feedback(
+    store: FeedbackStore, client: Any, settings: Settings, principal: Any, request: FeedbackRequest
+) -> FeedbackReceipt:
     """Store feedback from `principal` (its subject and groups; never its token); FeedbackRefused on bad citations."""
     chunk_ids = [str(c) for c in request.cited_chunk_ids]
     citations = cited_chunks(client, settings.collection_alias, chunk_ids, sorted(principal.groups))
     feedback_id = store.add(principal.subject, request, citations)
-    log.info("feedback %d from %s: %s%s", feedback_id, principal.subject, request.rating,
-             " with a correction" if request.correction else "")  # fmt: skip
+    log.info(
+        "feedback %d from %s: %s%s",
+        feedback_id,
+        principal.subject,
+        request.rating,
+        " with a correction" if request.correction else "",
+    )
     return FeedbackReceipt(id=feedback_id)
 
 
@@ -254,7 +271,7 @@ def correction_record(feedback: FeedbackRecord) -> Any:
     contexts = tuple(
         ContextChunk(
             c.label, c.chunk_id, " ".join(c.title.split()[:6]), best_window(c.text, feedback.question, CONTEXT_WORDS)
-        )  # fmt: skip
+        )
         for c in feedback.citations
     )
     answer = format_answer(feedback.correction, [c.label for c in contexts])
@@ -322,6 +339,6 @@ def feedback_records_json(records: Sequence[FeedbackRecord]) -> str:
                 "reviewed": r.reviewed,
             }
         )
-        + "\n"  # fmt: skip
+        + "\n"
         for r in records
     )

@@ -86,8 +86,14 @@ def _hits(svc: Service, caller: str, query: str) -> list[dict]:
 
 
 def _feedback(question: str, chunk_ids: list[str], correction: str | None = None, rating: str = "down") -> dict:
-    return {"question": question, "answer": "the model's answer", "model_version": "3", "rating": rating,
-            "correction": correction, "cited_chunk_ids": chunk_ids}  # fmt: skip
+    return {
+        "question": question,
+        "answer": "the model's answer",
+        "model_version": "3",
+        "rating": rating,
+        "correction": correction,
+        "cited_chunk_ids": chunk_ids,
+    }
 
 
 def test_feedback_needs_a_caller_and_cannot_cite_what_the_caller_may_not_read(service: Service) -> None:
@@ -120,8 +126,9 @@ def test_reviewed_corrections_are_exported_to_the_training_drop_where_validation
         ("restricted", "hr", secret["chunk_id"], f"The {SECRET_WORDS} is grommet7."),
         ("unreviewed", "public", hit["chunk_id"], sentence + " Unreviewed."),
     ):
-        reply = _post(service, "/v1/feedback", _feedback(f"What does the report say ({name})?", [chunk], correction),
-                      caller)  # fmt: skip
+        reply = _post(
+            service, "/v1/feedback", _feedback(f"What does the report say ({name})?", [chunk], correction), caller
+        )
         assert reply.status_code == 200, reply.text
         ids[name] = reply.json()["id"]
     stored = service.store.get(ids["pii"])
