@@ -193,11 +193,16 @@ def main() -> None:
             raise SystemExit(f"scale {scale} failed:\n{done.stderr[-4000:]}")
         results.append(json.loads(lines[-1][len("RESULT ") :]))
         print(json.dumps(results[-1]), flush=True)
+        save(results, "python bench/index_scale.py --scales " + " ".join(map(str, args.scales)))  # kept per scale
+
+
+def save(results: list[dict[str, Any]], command: str) -> None:
+    """Write the JSON and the plot of the scales measured so far."""
     OUT.mkdir(parents=True, exist_ok=True)
     plot(results, OUT / "index_scale.png")
-    keys = ("full_rebuild_s", "changed_1pct_s", "hybrid_latency_p50_ms", "hybrid_latency_p95_ms")
+    keys = ("full_rebuild_s", "changed_1pct_s", "hybrid_latency_p50_ms", "hybrid_latency_p95_ms", "peak_rss_mib")
     out = {
-        "command": "python bench/index_scale.py --scales " + " ".join(map(str, args.scales)),
+        "command": command,
         "machine_note": MACHINE_NOTE,
         "cpu_count": os.cpu_count(),
         "corpus_note": "k editions of the 42 shared reports differing only in id: distinct objects, shared vectors",
