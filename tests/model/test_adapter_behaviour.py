@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,8 @@ class Outcome:
     candidate: ModelReport
     losses: list[tuple[int, float]]
     thresholds: GateThresholds
+    model: Any = None  # the trained adapter on its base, kept for answering (no second training run)
+    tokenizer: Any = None
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def outcome(settings: Settings) -> Iterator[Outcome]:
     after = evaluate_model("candidate", result.model, tokenizer, data.eval, data.ood, request.evaluation)
     print(f"\nbase {before.metrics()}\ncandidate {after.metrics()}\nloss {result.losses}")
     print(f"training {STEPS} steps: {wall:.0f} s wall, {cpu:.0f} s CPU")
-    yield Outcome(before, after, result.losses, request.thresholds)
+    yield Outcome(before, after, result.losses, request.thresholds, result.model, tokenizer)
 
 
 def test_training_loss_on_answer_tokens_falls_by_more_than_half(outcome: Outcome) -> None:
@@ -78,3 +81,44 @@ def test_candidate_beats_the_base_model_rouge_l_by_the_gate_margin(outcome: Outc
 def test_candidate_forgets_within_the_gate_bound(outcome: Outcome) -> None:
     # Out-of-domain cross-entropy rises by no more than the gate allows (5 %).
     assert forgetting(outcome.candidate, outcome.base) <= outcome.thresholds.max_forgetting
+
+
+# The demo's question and user-style questions whose judged reports carry inline page chrome
+# ("Save It For Later ... Download Article ... Share Link ... Subscribe") in the shipped sample.
+USER_QUESTIONS = {
+    "How can AI agents transform retail banking operations?": "dbbca5428ce80167",
+    "What are the cost reduction strategies in carbon removal technologies?": "4f70f93d7a03efcd",
+    "What do car buyers prioritize when purchasing vehicles globally?": "59b393dd936206d3",
+    "How to capture opportunities in the midmarket segment?": "64d57c5c867501ed",
+    "What are growth strategies for service firms?": "60c3ac62d1d05139",
+}
+DISTRACTORS = ("0a27c0aad48b87d3", "5ae310cc6edfce0b", "cb9aa301f78b750a", "59f11d5004ed84ad")
+BOILERPLATE = ("save it for later", "subscribe", "download article", "share link")
+
+
+def test_demo_and_user_questions_get_on_topic_supported_answers_free_of_boilerplate(
+    outcome: Outcome, kb: Settings, embedder: Any
+) -> None:
+    """Issue 14 item 6: what a user sees, from the real index (cleaned at ingest) and the trained adapter."""
+    from tests_support import sample_reports, write_reports
+
+    from pipelines.behaviour.answering import AnsweringModel, answer_from_hits
+    from pipelines.knowledge.reindex import run_reindex
+    from pipelines.knowledge.retrieval import search
+
+    wanted = set(USER_QUESTIONS.values()) | set(DISTRACTORS)
+    write_reports(kb.data_dir / "documents", [r for r in sample_reports(42) if r["_id"] in wanted])
+    assert run_reindex(kb, embedder=embedder).accepted
+    loaded = AnsweringModel(outcome.model, outcome.tokenizer, "candidate (test configuration)")
+    problems = []
+    for question, report in USER_QUESTIONS.items():
+        answer = answer_from_hits(loaded, kb, question, search(kb, question, k=kb.answer_contexts))
+        supports = [(s.label, round(s.support, 2)) for s in answer.sentences]
+        print(f"\n{question}\n  -> {answer.raw!r}\n  sentences {supports}")
+        if any(b in answer.text.lower() for b in BOILERPLATE):
+            problems.append(f"{question}: boilerplate in {answer.text!r}")
+        if not answer.sentences or not all(s.supported for s in answer.sentences):
+            problems.append(f"{question}: a sentence its citation does not support: {answer.text!r}")
+        elif not {s.chunk_id.rpartition("_chunk_")[0] for s in answer.sentences} <= {report}:
+            problems.append(f"{question}: off topic, supported by {[s.chunk_id for s in answer.sentences]}")
+    assert not problems, "\n".join(problems)
