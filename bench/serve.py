@@ -9,7 +9,8 @@ app (`uvicorn --factory pipelines.serving.app:app_from_env`, as `pipelines serve
 so client and server do not share a GIL. Each phase keeps N clients busy with back-to-back requests;
 reported: p50 / p95 / p99 latency, requests/s, errors. The swap phase runs ask and search load while
 the champion alias moves (`promote`, which signals the service) and checks that no request fails and
-no answer names the old version after one named the new. Writes bench/results/serve.json.
+no answer names the old version after one named the new. Writes bench/results/serve.json. The app
+process is stopped at the end; Weaviate and MLflow stay up as after `pipelines up` (`pipelines down`).
 """
 
 from __future__ import annotations
