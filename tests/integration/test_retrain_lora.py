@@ -197,7 +197,10 @@ def test_promote_and_rollback_move_champion_with_an_audit_trail(env: Settings) -
         run_conf={"action": "promote", "version": 1, "reason": "v1 reviewed by hand", "override": not v1_passed}
     )
     assert set(_states(dag_run).values()) == {"success"} and _champion(env) == "1"
-    dag_run = promote.test(run_conf={"action": "promote", "version": 2, "reason": "trying v2 by hand"})
+    # `override` stated: dag.test() runs every call on one DAG object, whose params keep the last run's conf.
+    dag_run = promote.test(
+        run_conf={"action": "promote", "version": 2, "reason": "trying v2 by hand", "override": False}
+    )
     assert _states(dag_run)["move_alias"] == "failed" and _champion(env) == "1"  # v2 failed its gate
     dag_run = promote.test(
         run_conf={"action": "promote", "version": 2, "reason": "trying v2 by hand", "override": True}
