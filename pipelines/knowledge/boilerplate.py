@@ -48,10 +48,6 @@ class BoilerplateRule:
     ngram_words: int = 4
     max_gap_words: int = 4
     min_span_words: int = 8
-    # Longer shared spans are copies of a document's body (the same report filed in four folders), not chrome:
-    # the widest chrome on the shared reports is well under 100 words, and cutting a copied body would empty
-    # the copies (found by CI: four drops of one report were all quarantined and left a full rebuild's gate short).
-    max_span_words: int = 250
     # Longer documents are left as they are (validation quarantines them for length anyway): shingling a
     # 15 MB text costs seconds and hundreds of MB for nothing.
     max_document_chars: int = 2_000_000
@@ -130,8 +126,14 @@ def find_shared_spans(texts: Sequence[str], rule: BoilerplateRule) -> list[list[
     words = [_words(text) for text in texts]
     shingles = [_shingles(w, n) for w in words]
     frequency: Counter[int] = Counter()
-    for doc_shingles in shingles:
-        frequency.update(set(doc_shingles))  # documents, not occurrences: a page repeating itself is not chrome
+    # Distinct texts, not files: one report filed four times is a copy, not chrome shared by four pages; counting
+    # its copies would cut its whole body and empty every copy (found by CI: four drops of one report were all
+    # quarantined, and a full rebuild then missed them at the gate).
+    seen: set[str] = set()
+    for text, doc_shingles in zip(texts, shingles, strict=True):
+        if text not in seen:
+            seen.add(text)
+            frequency.update(set(doc_shingles))  # documents, not occurrences: a page repeating itself is not chrome
     holders: dict[int, set[int]] = {}  # frequent shingle -> the documents holding it
     for doc, doc_shingles in enumerate(shingles):
         for shingle in doc_shingles:
@@ -154,7 +156,7 @@ def find_shared_spans(texts: Sequence[str], rule: BoilerplateRule) -> list[list[
             template = _template([doc_shingles[i] for i in block], holders)
             kept = [i for i in block if len(holders[doc_shingles[i]] & template) >= rule.min_documents]
             covered = {w for i in kept for w in range(i, i + n)}
-            if rule.min_span_words <= len(covered) <= rule.max_span_words:
+            if len(covered) >= rule.min_span_words:
                 doc_spans.append((doc_words[min(covered)][0], doc_words[max(covered)][1]))
         spans.append(doc_spans)
     return spans
