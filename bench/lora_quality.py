@@ -20,12 +20,20 @@ from pathlib import Path
 
 from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
 from pipelines.behaviour.dataset import load_training_data
-from pipelines.behaviour.evaluation import evaluate_model, forgetting, summary_table
+from pipelines.behaviour.evaluation import ModelReport, evaluate_model, forgetting, split_summary, summary_table
+from pipelines.behaviour.gate import Scores, decide
 from pipelines.behaviour.retrain import RetrainRequest
 from pipelines.behaviour.training import train_adapter
 from pipelines.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _scores(report: ModelReport) -> Scores:
+    """What the promotion gate reads, as `retrain_lora`'s evaluate step hands it over."""
+    return Scores(
+        report.rouge_l, report.format_compliance, report.grounded_strict, report.ood_cross_entropy, report.per_item()
+    )
 
 
 def main() -> None:
@@ -51,7 +59,13 @@ def main() -> None:
     after = evaluate_model("candidate", result.model, tokenizer, data.eval, data.ood, request.evaluation)
 
     rise, gain = forgetting(after, before), after.rouge_l - before.rouge_l
+    # The verdict a first `retrain_lora` run (no champion yet) would get on these scores.
+    verdict = decide(_scores(after), _scores(before), None, request.thresholds)
+    halves = {split: split_summary(after, split) for split in ("tuning", "reporting")}
     print(summary_table([before, after]))
+    for split, values in halves.items():
+        print(f"candidate, {split} half: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    print(f"gate: {verdict.summary()}")
     print(f"ROUGE-L gain over base: {gain:+.3f} (gate: >= {request.thresholds.min_gain_over_base})")
     print(f"forgetting (OOD cross-entropy vs base): {rise:+.2%} (gate: <= {request.thresholds.max_forgetting:.0%})")
     print(f"training: {train.total_steps(len(data.train))} steps, {wall:.0f} s wall, {cpu:.0f} s CPU")
@@ -73,6 +87,11 @@ def main() -> None:
                 "rouge_l_gain": gain,
                 "forgetting": rise,
                 "metrics": {**before.metrics(), **after.metrics()},
+                "candidate_halves": halves,
+                "gate_passed": verdict.passed,
+                "gate_reasons": verdict.reasons,
+                "gate_metrics": verdict.metrics,
+                "ood_losses": {"base": before.ood_losses, "candidate": after.ood_losses},
                 "items": [asdict(i) for i in before.items + after.items],
             },
             indent=2,
