@@ -126,9 +126,10 @@ class Settings(BaseSettings):
     crash_at: str = Field(default="", alias="PIPELINES_CRASH_AT")
 
     # LoRA retraining (dags/retrain_lora.py): CPU-friendly defaults, unchanged on a GPU.
-    # 240 steps at 1e-3 on the 553 grounded records: of the recipes tried (bench/results/lora_recipes/, chosen
-    # on the yardstick's tuning half) the one with the most strictly grounded answers whose candidate the gate
-    # passes on all 96 items: 120 steps at 2e-3 missed the ROUGE-L margin, 360 steps broke the forgetting bound.
+    # 240 steps at 1e-3 on the 546 grounded records. Of the recipes tried (bench/results/lora_recipes/), it is the
+    # only one whose candidate the gate passes on all 96 yardstick items. The old default (120 steps at 2e-3 on
+    # 240 records) missed the ROUGE-L margin. On the new records, 120 steps at 2e-3 and every 360-step run broke
+    # the forgetting bound.
     lora_steps: int = Field(default=240, alias="LORA_STEPS")
     lora_rank: int = Field(default=8, alias="LORA_RANK")
     lora_learning_rate: float = Field(default=1e-3, alias="LORA_LEARNING_RATE")

@@ -33,13 +33,15 @@ from pipelines.behaviour.ood_corpus import OOD_PARAGRAPHS
 TRAIN_FILE, EVAL_FILE, OOD_FILE = "train.jsonl", "eval.jsonl", "ood.jsonl"
 CONTEXT_WORDS = 30  # words per context chunk: keeps prompts near 200 tokens, so CPU training stays fast
 CONTEXTS_PER_RECORD = 3
-# At most this many records, two per trainable chunk (the shared reports give 546). One per chunk (240) taught
-# the format but not which context to quote: 0.33 of the tuning half strictly grounded, 0.82 with 553 (issue 14).
+# At most this many records, two per trainable chunk (the shared reports give 546). With one per chunk (240) no
+# recipe tried got past 0.33 strictly grounded on the yardstick's tuning half; with two, longer runs reached 0.82
+# (bench/results/lora_recipes/; at the old 120 steps the larger set alone did not help: 0.21).
 TRAIN_RECORDS = 720
 # Share of training records whose contexts are all distractors (answer: the abstention). Enough to learn to
 # abstain, few enough that the adapter does not learn to refuse answerable questions.
-# 1/3 (tried on the tuning half) moved refusals onto answerable questions (false abstention 0.09 -> 0.33)
-# more than onto unanswerable ones (0.18 -> 0.64): the 135M model cannot tell them apart from more examples.
+# 1/3 was tried (360 steps): on the tuning half abstention rose (0.18 -> 0.64) but so did false abstention on
+# answerable questions (0.09 -> 0.33), and strictly grounded answers fell (0.82 -> 0.58).
+# That is a trade, not a fix: the 135M model does not tell the two kinds of question apart.
 ABSTENTION_SHARE = 0.2
 HARD_DISTRACTOR_POOL = 60  # random candidates scored for word overlap with the question (cheap, deterministic)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“])")
@@ -303,7 +305,7 @@ def _abstention_record(record_id: str, question: str, shown: Sequence[_Chunk], r
 def _train_records(
     rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int, eval_records: Sequence[InstructionRecord]
 ) -> list[InstructionRecord]:
-    """`n` records: most answer from one of three contexts, `ABSTENTION_SHARE` of them from none.
+    """At most `n` records: most answer from one of three contexts, `ABSTENTION_SHARE` of them from none.
 
     No record answers from, or shows, a held-out chunk (the yardstick's sources and their neighbours).
     """

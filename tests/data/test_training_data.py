@@ -56,11 +56,13 @@ def test_synthetic_questions_do_not_depend_on_the_hash_seed() -> None:
         "import random; from pipelines.behaviour.dataset import _synthetic_question as q; "
         "print(q(random.Random(1), 'Vendors, tariffs, margins, shipping and warehouses moved together.', {}, 'A'))"
     )
-    questions = {
+    runs = [
         subprocess.run(
             [sys.executable, "-c", script], env={"PYTHONHASHSEED": str(seed)}, capture_output=True, text=True
-        ).stdout
+        )
         for seed in range(6)
-    }
+    ]
+    assert all(run.returncode == 0 for run in runs), [run.stderr[-500:] for run in runs]
+    questions = {run.stdout for run in runs}
     assert len(questions) == 1, questions
     assert "margins" in questions.pop()  # alphabetical among equals: margins, moved, shipping, ...
