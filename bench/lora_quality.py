@@ -4,7 +4,7 @@
 
 Trains SmolLM2-135M-Instruct (or BASE_MODEL) with exactly what a `retrain_lora` run uses (settings'
 LORA_* defaults; flags override them for a quick check) and scores base and candidate with the DAG's
-`evaluate_model` on the held-out questions and the out-of-domain texts. With the defaults about 7 min of
+`evaluate_model` on the held-out questions and the out-of-domain texts. With the defaults about 3.5 min of
 training on two idle CPU cores, plus about 6 min of evaluation with EVAL_ITEMS=0 (all 96 yardstick items).
 Prints the table, both halves, the verdict the promotion gate gives a first run and the training time, and
 writes the raw numbers to bench/results/lora_quality.json. `tests/model` asserts the same behaviours on a

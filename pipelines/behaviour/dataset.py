@@ -2,8 +2,7 @@
 
 `data/training/` holds three JSONL files, versioned with DVC:
 
-- `train.jsonl`: synthetic questions (full questions and search-box phrases) built from
-  up to two sentences of each corpus chunk, each with three
+- `train.jsonl`: synthetic questions built from corpus chunks, each with three
   numbered context chunks (the source, a distractor that shares the question's
   words and a random one, all from other reports) and the expected answer: the
   source's sentence quoted with its label. A fifth of the records show only
@@ -33,31 +32,18 @@ from pipelines.behaviour.ood_corpus import OOD_PARAGRAPHS
 TRAIN_FILE, EVAL_FILE, OOD_FILE = "train.jsonl", "eval.jsonl", "ood.jsonl"
 CONTEXT_WORDS = 30  # words per context chunk: keeps prompts near 200 tokens, so CPU training stays fast
 CONTEXTS_PER_RECORD = 3
-# At most this many records, two per trainable chunk (the shared reports give 546). With one per chunk (240) no
-# recipe tried got past 0.33 strictly grounded on the yardstick's tuning half; with two, longer runs reached 0.82
-# (bench/results/lora_recipes/; at the old 120 steps the larger set alone did not help: 0.21).
-TRAIN_RECORDS = 720
+TRAIN_RECORDS = 240
 # Share of training records whose contexts are all distractors (answer: the abstention). Enough to learn to
 # abstain, few enough that the adapter does not learn to refuse answerable questions.
-# 1/3 was tried (360 steps): on the tuning half abstention rose (0.18 -> 0.64) but so did false abstention on
-# answerable questions (0.09 -> 0.33), and strictly grounded answers fell (0.82 -> 0.58).
-# That is a trade, not a fix: the 135M model does not tell the two kinds of question apart.
 ABSTENTION_SHARE = 0.2
 HARD_DISTRACTOR_POOL = 60  # random candidates scored for word overlap with the question (cheap, deterministic)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“])")
-# Question styles users write: full questions, questions naming the report, and search-box keyword phrases
-# (most of the 50 real queries are phrases such as "Banking precision strategies versus scale-based approaches").
 _QUESTION_TEMPLATES = (
     "What does the report say about {a} and {b}?",
     "How does the report describe {a}?",
     "What is said about {a} in relation to {b}?",
     "Which point is made about {a}?",
     "What do the sources say on {a} and {b}?",
-    "According to '{title}', what is said about {a}?",
-    "How does {a} relate to {b}?",
-    "{A} and {b}",
-    "{A} {b} strategies",
-    "{A} versus {b}",
 )
 
 
@@ -265,12 +251,12 @@ def _eval_records(
     return records
 
 
-def _synthetic_question(rng: random.Random, sentence: str, idf: dict[str, float], title: str) -> str:
+def _synthetic_question(rng: random.Random, sentence: str, idf: dict[str, float]) -> str:
     """A question naming the two rarest content words of the answer sentence."""
-    # Ties broken by the word itself: set order varies with the hash seed, and train.jsonl must be reproducible.
+    # Ties broken by the word itself: set order varies with the hash seed, so the file could not be regenerated.
     keywords = sorted({w for w in content_words(sentence) if len(w) > 3}, key=lambda w: (-idf.get(w, 0.0), w))
     a, b = (keywords + ["this topic"] * 2)[:2]
-    return rng.choice(_QUESTION_TEMPLATES).format(a=a, A=a.capitalize(), b=b, title=_short_title(title))
+    return rng.choice(_QUESTION_TEMPLATES).format(a=a, b=b)
 
 
 def _unrelated(
@@ -302,10 +288,8 @@ def _abstention_record(record_id: str, question: str, shown: Sequence[_Chunk], r
     return InstructionRecord(record_id, messages, contexts)
 
 
-def _train_records(
-    rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int, eval_records: Sequence[InstructionRecord]
-) -> list[InstructionRecord]:
-    """At most `n` records: most answer from one of three contexts, `ABSTENTION_SHARE` of them from none.
+def _train_records(rng: random.Random, chunks: Sequence[_Chunk], held_out: set[str], n: int) -> list[InstructionRecord]:
+    """`n` records: most answer from one of three contexts, `ABSTENTION_SHARE` of them from none.
 
     No record answers from, or shows, a held-out chunk (the yardstick's sources and their neighbours).
     """
@@ -320,32 +304,19 @@ def _train_records(
 
     candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and trainable(c)]
     rng.shuffle(candidates)
-    # Up to two records per chunk, each from another of its sentences: every chunk once, then a second pass.
-    chosen = [rng.sample(trainable(c), min(2, len(trainable(c)))) for c in candidates]
-    picks = [
-        (c, sentences[r]) for r in (0, 1) for c, sentences in zip(candidates, chosen, strict=True) if len(sentences) > r
-    ][:n]
-    # A question the leakage check would call a near copy of a yardstick question ("According to '<title>', ...")
-    # is not written: the check refuses the whole file, and the record would teach the test.
-    from pipelines.behaviour.validation import eval_overlap_index
-
-    leaks = eval_overlap_index(eval_records)
     abstentions = round(n * ABSTENTION_SHARE)
     records: list[InstructionRecord] = []
-    for i, (chunk, sentence) in enumerate(picks):
-        question = _synthetic_question(rng, sentence, idf, chunk.title)
+    for i, chunk in enumerate(candidates[:n]):
+        sentence = rng.choice(trainable(chunk))
+        question = _synthetic_question(rng, sentence, idf)
         record_id = f"train-{len(records):04d}"
-        abstaining = i % round(1 / ABSTENTION_SHARE) == 0 and abstentions > 0  # spread through the set
-        if abstaining:
+        if i % round(1 / ABSTENTION_SHARE) == 0 and abstentions > 0:  # spread through the set, not in one block
+            abstentions -= 1
             shown = _unrelated(rng, chunks, chunk.report, question, CONTEXTS_PER_RECORD, exclude)
-            record = _abstention_record(record_id, question, shown, rng)
-        else:
-            distractors = _hard_distractors(rng, chunks, {chunk.report}, question, CONTEXTS_PER_RECORD - 1, exclude)
-            record = _record(record_id, question, chunk, sentence, distractors, rng)
-        if leaks.overlaps(record.question, record.reference):
+            records.append(_abstention_record(record_id, question, shown, rng))
             continue
-        abstentions -= abstaining
-        records.append(record)
+        distractors = _hard_distractors(rng, chunks, {chunk.report}, question, CONTEXTS_PER_RECORD - 1, exclude)
+        records.append(_record(record_id, question, chunk, sentence, distractors, rng))
     return records
 
 
@@ -375,7 +346,7 @@ def write_training_sample(source_dir: Path, out_dir: Path, seed: int = 13) -> Tr
     passages = passage_items(chunks, held_out_chunks(queried))
     yardstick = [*queried, *passages, *abstention_items(chunks, [*queried, *passages], relevant)]
     eval_records = [item.record for item in yardstick]
-    train_records = _train_records(rng, chunks, held_out_chunks(yardstick), TRAIN_RECORDS, eval_records)
+    train_records = _train_records(rng, chunks, held_out_chunks(yardstick), TRAIN_RECORDS)
     ood = [OodText(f"ood-{i:02d}", topic, text) for i, (topic, text) in enumerate(OOD_PARAGRAPHS, start=1)]
     write_jsonl(out_dir / TRAIN_FILE, (r.to_json() for r in train_records))
     write_jsonl(out_dir / EVAL_FILE, (item.to_json() for item in yardstick))

@@ -54,7 +54,7 @@ def test_synthetic_questions_do_not_depend_on_the_hash_seed() -> None:
     # Every keyword has the same (unknown) idf, so only the tie-break decides which two the question names.
     script = (
         "import random; from pipelines.behaviour.dataset import _synthetic_question as q; "
-        "print(q(random.Random(1), 'Vendors, tariffs, margins, shipping and warehouses moved together.', {}, 'A'))"
+        "print(q(random.Random(1), 'Vendors, tariffs, margins, shipping and warehouses moved together.', {}))"
     )
     runs = [
         subprocess.run(
