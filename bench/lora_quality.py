@@ -22,20 +22,13 @@ from pathlib import Path
 
 from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
 from pipelines.behaviour.dataset import load_training_data
-from pipelines.behaviour.evaluation import ModelReport, evaluate_model, forgetting, split_summary, summary_table
-from pipelines.behaviour.gate import Scores, decide
-from pipelines.behaviour.retrain import RetrainRequest
+from pipelines.behaviour.evaluation import evaluate_model, forgetting, split_summary, summary_table
+from pipelines.behaviour.gate import decide
+from pipelines.behaviour.retrain import RetrainRequest, summarise
 from pipelines.behaviour.training import train_adapter
 from pipelines.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _scores(report: ModelReport) -> Scores:
-    """What the promotion gate reads, as `retrain_lora`'s evaluate step hands it over."""
-    return Scores(
-        report.rouge_l, report.format_compliance, report.grounded_strict, report.ood_cross_entropy, report.per_item()
-    )
 
 
 def main() -> None:
@@ -61,8 +54,11 @@ def main() -> None:
     after = evaluate_model("candidate", result.model, tokenizer, data.eval, data.ood, request.evaluation)
 
     rise, gain = forgetting(after, before), after.rouge_l - before.rouge_l
-    # The verdict a first `retrain_lora` run (no champion yet) would get on these scores.
-    verdict = decide(_scores(after), _scores(before), None, request.thresholds)
+    # The verdict a first `retrain_lora` run (no champion yet) would get on these scores, read as its decide step does.
+    summary = summarise([before, after], champion=None)
+    candidate, base = summary.gate_scores("candidate"), summary.gate_scores("base")
+    assert candidate is not None and base is not None
+    verdict = decide(candidate, base, None, request.thresholds)
     halves = {split: split_summary(after, split) for split in ("tuning", "reporting")}
     print(summary_table([before, after]))
     for split, values in halves.items():

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,11 @@ def evaluate_candidate(settings: Settings, request: RetrainRequest, run_id: str,
         if champion:
             mlflow.set_tag("champion.version_at_eval", champion)
     log.info("\n%s", summary_table(reports))
+    return summarise(reports, champion)
+
+
+def summarise(reports: Sequence[ModelReport], champion: str | None) -> EvaluationSummary:
+    """The scores the gate reads (`EvaluationSummary.gate_scores`) from the evaluated models' reports."""
     # Finite values only: XCom is JSON (no NaN in PostgreSQL), and `abstention` is NaN when no abstention item ran.
     scores = {
         r.model: {k: v for k, v in asdict(r).items() if isinstance(v, float) and math.isfinite(v)} for r in reports
