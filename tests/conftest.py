@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_STATE = Path(os.environ.get("PIPELINES_TEST_STATE") or tempfile.mkdtemp(prefix="pipelines-test-"))
+# Under pytest-xdist (`make test-integration TEST_WORKERS=N`) each worker is a session of its own: its own stack
+# on its own ports and its own state folder, so workers never share a Weaviate, a metadata DB or a cache.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_INDEX = int(WORKER.removeprefix("gw")) if WORKER.startswith("gw") else 0
+_state = os.environ.get("PIPELINES_TEST_STATE")
+TEST_STATE = Path(f"{_state}-{WORKER}" if _state and WORKER else _state or tempfile.mkdtemp(prefix="pipelines-test-"))
 ARTIFACTS = ROOT / "test-artifacts"
 
 for var in (
@@ -31,8 +36,9 @@ for var in (
     os.environ.pop(var, None)
 # Ports may be overridden so that two test sessions can run side by side.
 DEFAULT_PORTS = {"WEAVIATE_HTTP_PORT": 18090, "WEAVIATE_GRPC_PORT": 50061, "MLFLOW_PORT": 15050, "AIRFLOW_PORT": 18080}
+# Worker N shifts every port by 1000 * N: Weaviate takes http..http+4 (stack.weaviate_ports), so blocks never overlap.
 for var, port in DEFAULT_PORTS.items():
-    os.environ.setdefault(var, str(port))
+    os.environ[var] = str(int(os.environ.get(var, port)) + 1000 * WORKER_INDEX)
 os.environ.update(
     PIPELINES_STATE_DIR=str(TEST_STATE / "stack"),
     # Runs of the real scheduler (drops, UI triggers) read and `dvc add` a copy, never ./data.
@@ -69,13 +75,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real services or trains models (set by tests/conftest.py)")
 
 
+# The longest test files (seconds, one process, CI of 2026-11-28), collected first under xdist: it hands files to
+# workers in collection order, and a long file handed out last would run alone at the end (longest first).
+LONGEST_FILES = (
+    "reliability/test_crash_convergence.py",  # 342 s
+    "integration/test_reindex.py",  # 225 s
+    "reliability/test_index_fail_closed.py",  # 215 s
+    "integration/test_retrain_lora.py",  # 172 s
+    "integration/test_drops.py",  # 157 s
+    "model/test_adapter_behaviour.py",  # 125 s
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests that need real services or models as `integration`, by folder or by fixture."""
+    """Mark tests that need real services or models as `integration`, by folder or by fixture; longest files first."""
     tests_dir = Path(__file__).resolve().parent
     for item in items:
         folder = item.path.relative_to(tests_dir).parts[0] if item.path.is_relative_to(tests_dir) else ""
         if folder in INTEGRATION_DIRS or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+    def rank(item: pytest.Item) -> int:
+        relative = item.path.relative_to(tests_dir).as_posix() if item.path.is_relative_to(tests_dir) else ""
+        return LONGEST_FILES.index(relative) if relative in LONGEST_FILES else len(LONGEST_FILES)
+
+    if WORKER:  # only under xdist: one process keeps the collected order CI has always run
+        items.sort(key=rank)  # stable: within a file, and among the rest, the collected order stays
 
 
 def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
