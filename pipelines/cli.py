@@ -181,6 +181,9 @@ def render_answer(answer: Answer) -> str:
     lines = ["Answer:", textwrap.indent(textwrap.fill(body, 100), "  ")]
     if answer.dropped:
         lines.append(f"  ({len(answer.dropped)} unsupported sentence(s) left out: STRICT_GROUNDING)")
+    if answer.below_floor:
+        lines.append(f"  (no retrieved source is close enough to the question: relevance {answer.relevance:.2f}, below")
+        lines.append("   ANSWER_RELEVANCE_FLOOR; the model was not asked)")
     shown = {c.chunk_id: c for c in answer.contexts}
     titles = {c.chunk_id: (c.title, c.source_url) for c in answer.citations}
     if numbers:

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     # (pipelines.behaviour.grounding). STRICT_GROUNDING drops from the answer shown every sentence no
     # retrieved chunk strictly supports; an answer left with none says the sources do not answer.
     strict_grounding: bool = Field(default=False, alias="STRICT_GROUNDING")
+    # Below this cosine similarity between the question and every context window shown, the answer is the
+    # abstention, without generating (pipelines.behaviour.relevance); 0 turns it off. Chosen for the default
+    # embedder on the yardstick's tuning half alone (bench/relevance_floor.py: Youden's J 0.97, plateau
+    # 0.41-0.43). On the reporting half it sends 12 of 13 abstention items and 5 of 39 answerable ones to the
+    # abstention. Another embedding model needs its own floor.
+    answer_relevance_floor: float = Field(default=0.42, alias="ANSWER_RELEVANCE_FLOOR")
 
     # Answering service (issue 11, HTTP API and identity): loopback by default; every route but
     # health needs a bearer token, an API key (hashes in `api_keys_path`) or an OIDC / OAuth2 JWT.

@@ -16,6 +16,9 @@ Each answer sentence is also checked on its own (`pipelines.behaviour.grounding`
 with the retrieved chunk that supports it (the model's own label when that one does) and the
 span of that chunk it matches, or marked unsupported. With `STRICT_GROUNDING` unsupported
 sentences are dropped from the text shown; an answer left with none becomes the abstention.
+
+When no retrieved chunk's shown window is close enough to the question (`ANSWER_RELEVANCE_FLOOR`),
+the answer is the abstention without running the model (`pipelines.behaviour.relevance`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pipelines.behaviour.house_format import (
     ABSTENTION,
     ContextChunk,
     ParsedAnswer,
+    abstention_answer,
     best_window,
     chat_messages,
     check_grounding,
@@ -38,6 +42,7 @@ from pipelines.behaviour.house_format import (
     is_abstention,
     parse_answer,
 )
+from pipelines.behaviour.relevance import below_floor, best_similarity, shared_embedder
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +102,8 @@ class Answer:
     sentences: list[SentenceCitation] = field(default_factory=list)  # per sentence of the model's answer
     dropped: list[str] = field(default_factory=list)  # unsupported sentences removed (STRICT_GROUNDING)
     abstained: bool = False  # the answer says the sources do not hold the answer
+    relevance: float | None = None  # best question-context similarity (None when the floor is off)
+    below_floor: bool = False  # abstained without generating: no shown context was close enough to the question
 
 
 @dataclass(frozen=True)
@@ -253,20 +260,33 @@ def answer_from_hits(
     retrieval_s: float = 0.0,
     model_load_s: float = 0.0,
     streamer: Any = None,
+    embedder: Any = None,
 ) -> Answer:
     """Generate with `loaded` (model, tokenizer, description) from retrieved `hits`, and cite.
 
-    The answering service calls this with the hits it retrieved under the caller's groups and the
-    champion it took for this request; `streamer` (a transformers streamer) receives tokens as made.
+    The answering service calls this with the hits it retrieved under the caller's groups, the
+    champion it took for this request and its encoder; `streamer` (a transformers streamer) receives
+    tokens as made. When no shown context reaches `answer_relevance_floor`, the answer is the
+    abstention and the model is not run (`pipelines.behaviour.relevance`).
     """
     from pipelines.behaviour.evaluation import generate
 
     contexts = contexts_from_hits(question, hits)
-    prompt = chat_messages(question, contexts)
-    texts, _, seconds = generate(
-        loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1, streamer=streamer
-    )
-    raw = texts[0].strip()
+    relevance = None
+    if settings.answer_relevance_floor > 0:
+        encoder = embedder or shared_embedder(settings.embedding_model_path)
+        relevance = best_similarity(encoder, question, contexts)
+    skipped = relevance is not None and below_floor(relevance, settings.answer_relevance_floor)
+    if skipped:
+        raw, seconds = abstention_answer(), 0.0
+        if streamer is not None:  # the reader of the stream waits for its end
+            streamer.on_finalized_text(raw, stream_end=True)
+    else:
+        prompt = chat_messages(question, contexts)
+        texts, _, seconds = generate(
+            loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1, streamer=streamer
+        )
+        raw = texts[0].strip()
     citations, unknown, ok = cite(raw, hits)
     parsed = parse_answer(raw)
     grounded = relabelled = False
@@ -294,4 +314,6 @@ def answer_from_hits(
         sentences=sentences,
         dropped=dropped,
         abstained=is_abstention(text),
+        relevance=relevance,
+        below_floor=skipped,
     )

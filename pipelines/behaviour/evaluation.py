@@ -4,7 +4,10 @@ In-domain quality: house-format compliance, ROUGE-L and token-F1 of the answer
 against the reference. Grounding: cited labels exist among the given sources and
 the answer's words come from the cited text; per answer sentence, the cited chunk
 supports it strictly or leniently (`pipelines.behaviour.grounding`). Abstention: on
-items whose contexts hold no answer, the model says so. Forgetting: per-token
+items whose contexts hold no answer, the model says so. The gate judges the model alone; with
+`relevance_floor` set, the `served_*` shares also say what a reader gets, where answering abstains
+without the model on an item whose shown context is too far from the question
+(`pipelines.behaviour.relevance`). Forgetting: per-token
 cross-entropy on general text. Speed: generated tokens per second (greedy, batched).
 Every item keeps its kind (query, passage, abstention) and half (tuning, reporting),
 so the reporting half is summarised on its own (`split_summary`).
@@ -12,6 +15,7 @@ so the reporting half is summarised on its own (`split_summary`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -21,6 +25,7 @@ from typing import Any
 from pipelines.behaviour.dataset import InstructionRecord, OodText
 from pipelines.behaviour.grounding import SentenceSupport, ground_answer
 from pipelines.behaviour.house_format import chat_messages, check_grounding, is_abstention, parse_answer, token_f1
+from pipelines.behaviour.relevance import below_floor, best_similarity, shared_embedder
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,10 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 4
     min_support: float = 0.8
+    # Answering's relevance floor (pipelines.behaviour.relevance): items below it count as abstentions in the
+    # `served_*` shares, as a reader would get them; the gate's own scores are the model's alone. 0: off.
+    relevance_floor: float = 0.0
+    embedding_model_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class ItemResult:
     grounded_lenient: bool = False
     abstained: bool = False  # the answer says the sources do not hold it
     sentences: tuple[SentenceSupport, ...] = ()
+    relevance: float = math.nan  # best question-context similarity (nan when the floor is off)
+    below_floor: bool = False  # answering would abstain here without running the model (relevance floor)
 
     @property
     def answerable(self) -> bool:
@@ -82,6 +93,10 @@ class ModelReport:
     grounded_lenient: float = 0.0
     abstention: float = 0.0  # share of unanswerable items the model refused (nan when none was evaluated)
     false_abstention: float = 0.0  # share of answerable items the model refused
+    # The same three as a reader gets them: below the relevance floor answering abstains without the model.
+    served_grounded_strict: float = 0.0
+    served_abstention: float = 0.0
+    served_false_abstention: float = 0.0
     ood_losses: list[float] = field(default_factory=list)  # summed token loss per OOD text, for paired intervals
 
     def per_item(self) -> dict[str, list[float]]:
@@ -222,25 +237,47 @@ def evaluate_model(
     subset = list(records[: config.items] if config.items > 0 else records)
     prompts = [chat_messages(r.question, r.contexts) for r in subset]
     outputs, new_tokens, seconds = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    relevance = context_relevance(subset, config)
     items = [
-        score_item(name, r, o, config.min_support, *item_kind_and_split(r))
-        for r, o in zip(subset, outputs, strict=True)
+        dataclasses.replace(
+            score_item(name, r, o, config.min_support, *item_kind_and_split(r)),
+            relevance=sim,
+            below_floor=below_floor(sim, config.relevance_floor),
+        )
+        for r, o, sim in zip(subset, outputs, relevance, strict=True)
     ]
-    n = len(items) or 1
     losses, tokens = ood_losses(model, tokenizer, ood)  # once: the aggregate and the per-text values
+    ood_ce = sum(losses) / sum(tokens) if sum(tokens) else math.nan
+    return report_from_items(name, items, ood_ce, losses, new_tokens / seconds if seconds else 0.0)
+
+
+def report_from_items(
+    name: str, items: Sequence[ItemResult], ood_ce: float, losses: Sequence[float], tokens_per_s: float
+) -> ModelReport:
+    """The aggregate scores of scored items (bench/relevance_floor.py re-scores recorded outputs through it)."""
+    n = len(items) or 1
     return ModelReport(
         model=name,
         format_compliance=sum(i.format_ok for i in items) / n,
         rouge_l=sum(i.rouge_l for i in items) / n,
         token_f1=sum(i.token_f1 for i in items) / n,
-        citation_validity=sum(i.citations_exist for i in items) / n,
+        # Of the answers that cite (every one but an abstention, which rightly cites none), those whose labels exist.
+        citation_validity=_share([i.citations_exist for i in items if not i.abstained]),
         grounding=sum(i.grounded for i in items) / n,
-        ood_cross_entropy=sum(losses) / sum(tokens) if sum(tokens) else math.nan,
-        tokens_per_s=new_tokens / seconds if seconds else 0.0,
-        items=items,
-        ood_losses=losses,
+        ood_cross_entropy=ood_ce,
+        tokens_per_s=tokens_per_s,
+        items=list(items),
+        ood_losses=list(losses),
         **_grounding_shares(items),
     )
+
+
+def context_relevance(records: Sequence[InstructionRecord], config: EvalConfig) -> list[float]:
+    """Each record's best question-context similarity, or nan for all when the floor is off."""
+    if config.relevance_floor <= 0:
+        return [math.nan] * len(records)
+    embedder = shared_embedder(config.embedding_model_path)
+    return [best_similarity(embedder, r.question, r.contexts) for r in records]
 
 
 def _share(values: Sequence[bool]) -> float:
@@ -255,6 +292,10 @@ def _grounding_shares(items: Sequence[ItemResult]) -> dict[str, float]:
         "grounded_lenient": _share([i.grounded_lenient for i in answerable]),
         "abstention": _share([i.abstained for i in unanswerable]),
         "false_abstention": _share([i.abstained for i in answerable]),
+        # As served: answering abstains without the model below the relevance floor (pipelines.behaviour.relevance).
+        "served_grounded_strict": _share([i.grounded_strict and not i.below_floor for i in answerable]),
+        "served_abstention": _share([i.abstained or i.below_floor for i in unanswerable]),
+        "served_false_abstention": _share([i.abstained or i.below_floor for i in answerable]),
     }
 
 

@@ -79,7 +79,10 @@ class RetrainRequest:
             seed=int(o.get("seed", settings.seed)),
         )
         evaluation = EvalConfig(
-            items=int(o.get("eval_items", settings.eval_items)), max_new_tokens=settings.eval_max_new_tokens
+            items=int(o.get("eval_items", settings.eval_items)),
+            max_new_tokens=settings.eval_max_new_tokens,
+            relevance_floor=settings.answer_relevance_floor,  # judged as answering serves it
+            embedding_model_path=settings.embedding_model_path,
         )
         thresholds = GateThresholds(
             min_gain_over_base=float(o.get("min_gain_over_base", settings.gate_min_gain)),

@@ -39,6 +39,13 @@ class Embedder:
         """The vector of one search query (not counted as indexing work)."""
         return self._encode([text], progress=False)[0]
 
+    def similarities(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of `query` to each text (vectors are normalised; not counted as indexing work)."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        vectors = self._encode([query, *texts], progress=False)
+        return vectors[1:] @ vectors[0]
+
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Normalised vectors of chunks, one row per text, embedded in batches."""
         if not texts:

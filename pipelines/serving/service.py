@@ -133,6 +133,7 @@ class Runtime:
         self.client = client
         self.champion = champion
         self.metrics = metrics
+        self.embedder = embedder  # also the relevance floor's encoder (answer_from_hits)
         # enforce_acl is always on here: the gate's "see everything" mode is never reachable over HTTP.
         self.queries = QueryBatcher(embedder)
         self.retriever = Retriever(
@@ -234,7 +235,13 @@ def _answer(rt: Runtime, prepared: _Prepared, streamer: Any = None) -> schemas.A
     loaded, hits = prepared.loaded, prepared.hits
     with rt.generation_slots:
         answer = answer_from_hits(
-            loaded, rt.settings, prepared.question, hits, retrieval_s=prepared.retrieval_s, streamer=streamer
+            loaded,
+            rt.settings,
+            prepared.question,
+            hits,
+            retrieval_s=prepared.retrieval_s,
+            streamer=streamer,
+            embedder=rt.embedder,
         )
     rt.metrics.generation.observe(answer.timings.generation_s)
     by_chunk = {h.chunk_id: h for h in hits}

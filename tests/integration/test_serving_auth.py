@@ -88,6 +88,9 @@ def service(stack: Settings, embedder: Embedder, tmp_path_factory: pytest.TempPa
             "oidc_audience": issuer.audience,
             "oidc_jwks_url": issuer.jwks_url,
             "max_request_bytes": 4096,
+            # The model must really run on what the caller may read, so that a leak would show in its answer;
+            # the relevance floor would answer an off-topic context with the abstention without asking it.
+            "answer_relevance_floor": 0.0,
         }
     )
     docs = settings.data_dir / "documents"
