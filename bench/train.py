@@ -389,8 +389,8 @@ def main() -> None:
                 {
                     "command": "python bench/train.py " + " ".join(f"--{k} {getattr(args, k)}" for k in OPTIONS),
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-                    "machine_note": "shared with other agents running tests "
-                    f"(load average {load[0]:.1f} at the last write); "
+                    "machine_note": f"load average {load[0]:.1f} at the last write (the bench alone keeps 2 cores "
+                    "busy, about 2.0); "
                     "contenders alternate within each repeat, so compare ratios and medians, not absolutes",
                     "versions": {
                         "torch": torch.__version__,
