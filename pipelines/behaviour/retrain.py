@@ -81,7 +81,7 @@ class RetrainRequest:
         evaluation = EvalConfig(
             items=int(o.get("eval_items", settings.eval_items)),
             max_new_tokens=settings.eval_max_new_tokens,
-            relevance_floor=settings.answer_relevance_floor,  # judged as answering serves it
+            relevance_floor=settings.answer_relevance_floor,  # for the served_* shares; the gate reads the model alone
             embedding_model_path=settings.embedding_model_path,
         )
         thresholds = GateThresholds(
