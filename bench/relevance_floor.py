@@ -35,9 +35,10 @@ from pipelines.behaviour.evaluation import ItemResult, ModelReport, report_from_
 from pipelines.behaviour.gate import GateThresholds, decide
 from pipelines.behaviour.grounding import SentenceSupport
 from pipelines.behaviour.house_format import abstention_answer
-from pipelines.behaviour.relevance import below_floor, best_similarity, shared_embedder
+from pipelines.behaviour.relevance import below_floor, best_similarity
 from pipelines.behaviour.retrain import summarise
 from pipelines.behaviour.yardstick import item_kind_and_split
+from pipelines.knowledge.embedding import shared_embedder
 from pipelines.settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"

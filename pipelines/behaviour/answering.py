@@ -42,7 +42,8 @@ from pipelines.behaviour.house_format import (
     is_abstention,
     parse_answer,
 )
-from pipelines.behaviour.relevance import below_floor, best_similarity, shared_embedder
+from pipelines.behaviour.relevance import below_floor, best_similarity
+from pipelines.knowledge.embedding import shared_embedder
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ def answer_from_hits(
     contexts = contexts_from_hits(question, hits)
     relevance = None
     if settings.answer_relevance_floor > 0:
-        encoder = embedder or shared_embedder(settings.embedding_model_path)
+        encoder = embedder or shared_embedder(settings.embedding_model_path, settings.embedding_batch_size)
         relevance = best_similarity(encoder, question, contexts)
     skipped = relevance is not None and below_floor(relevance, settings.answer_relevance_floor)
     if skipped:

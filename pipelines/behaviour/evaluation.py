@@ -25,7 +25,8 @@ from typing import Any
 from pipelines.behaviour.dataset import InstructionRecord, OodText
 from pipelines.behaviour.grounding import SentenceSupport, ground_answer
 from pipelines.behaviour.house_format import chat_messages, check_grounding, is_abstention, parse_answer, token_f1
-from pipelines.behaviour.relevance import below_floor, best_similarity, shared_embedder
+from pipelines.behaviour.relevance import below_floor, best_similarity
+from pipelines.knowledge.embedding import shared_embedder
 
 
 @dataclass(frozen=True)

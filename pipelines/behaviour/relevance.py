@@ -13,18 +13,9 @@ same floor to every model, so what is measured is what a reader gets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from pipelines.behaviour.house_format import ContextChunk
-
-
-@lru_cache(maxsize=2)
-def shared_embedder(model_path: str) -> Any:
-    """One encoder per process for the floor (loading costs seconds; the weights are ~90 MB)."""
-    from pipelines.knowledge.embedding import Embedder
-
-    return Embedder(model_path)
 
 
 def best_similarity(embedder: Any, question: str, contexts: Sequence[ContextChunk]) -> float:

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ class Embedder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+@lru_cache(maxsize=2)
+def shared_embedder(model_path: str, batch_size: int = 64) -> Embedder:
+    """One encoder per process for query-side work (search, the relevance floor): loading one costs ~7 s of CPU."""
+    return Embedder(model_path, batch_size)
 
 
 class VectorCache:

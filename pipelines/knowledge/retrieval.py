@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.documents import PUBLIC
-from pipelines.knowledge.embedding import Embedder
+from pipelines.knowledge.embedding import Embedder, shared_embedder
 from pipelines.knowledge.index import connect
 from pipelines.settings import Settings
 
@@ -147,7 +147,8 @@ def _hit(obj: Any, mode: str) -> SearchHit:
 @contextmanager
 def open_retriever(settings: Settings, collection: str | None = None) -> Iterator[Retriever]:
     """A retriever over the alias (or a given collection) of the configured Weaviate."""
-    embedder = Embedder(settings.embedding_model_path, settings.embedding_batch_size)
+    # The process's one query encoder: `ask` embeds the question here and checks the relevance floor with it too.
+    embedder = shared_embedder(settings.embedding_model_path, settings.embedding_batch_size)
     with connect(settings) as client:
         yield Retriever(client, embedder, collection or settings.collection_alias, settings.hybrid_alpha)
 
