@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -218,3 +219,65 @@ def test_stricter_acl_takes_effect_even_when_the_new_version_is_quarantined(
             "Brindlewood office merges", k=5, user_groups=["finance"]
         )
     assert "plans.md" not in {h.doc_id for h in hits}
+
+
+@pytest.fixture
+def probe_collection(kb: Settings) -> Any:
+    """A small collection of six objects on the session's real Weaviate; its shard is made READY again after."""
+    from weaviate.classes.config import Configure, DataType, Property
+
+    name = f"{kb.collection_alias}Probe"
+    with idx.connect(kb) as client:
+        collection = client.collections.create(
+            name,
+            properties=[Property(name="text", data_type=DataType.TEXT)],
+            vector_config=Configure.Vectors.self_provided(),
+        )
+        ids = [str(collection.data.insert({"text": f"chunk {i}"}, vector=[1.0, float(i), 0.0])) for i in range(6)]
+        try:
+            yield client, name, ids
+        finally:
+            collection.config.update_shards(status="READY")
+            client.collections.delete(name)
+
+
+def test_deletes_weaviate_refuses_fail_the_run_and_leave_the_objects(probe_collection: Any) -> None:
+    client, name, ids = probe_collection
+    collection = client.collections.use(name)
+    collection.config.update_shards(status="READONLY")  # a real refusal: the shard will not take writes
+    with pytest.raises(idx.IndexingError, match=r"^3 deletions failed in .* after 3 attempts"):
+        idx.delete_objects(client, name, ids[:3])
+    with pytest.raises(idx.IndexingError, match=r"deletions failed in .* after 3 attempts"):
+        idx.delete_where(client, name, _ids_filter(ids[3:]))
+    collection.config.update_shards(status="READY")
+    assert idx.count_objects(client, name) == 6  # nothing reported as deleted that is not
+
+
+def test_a_delete_failure_that_clears_is_retried_until_every_object_is_gone(probe_collection: Any) -> None:
+    client, name, ids = probe_collection
+    collection = client.collections.use(name)
+    collection.config.update_shards(status="READONLY")
+
+    class ReopenOnRetry(logging.Handler):
+        """The shard takes writes again once the first failure is logged: the failure clears between attempts."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                collection.config.update_shards(status="READY")
+
+    handler = ReopenOnRetry(level=logging.WARNING)
+    logging.getLogger(idx.__name__).addHandler(handler)
+    try:
+        assert idx.delete_objects(client, name, ids[:3], page_size=2) == 3
+        assert idx.count_objects(client, name) == 3
+        collection.config.update_shards(status="READONLY")
+        assert idx.delete_where(client, name, _ids_filter(ids[3:])) == 3
+    finally:
+        logging.getLogger(idx.__name__).removeHandler(handler)
+    assert idx.count_objects(client, name) == 0
+
+
+def _ids_filter(ids: list[str]) -> Any:
+    from weaviate.classes.query import Filter
+
+    return Filter.by_id().contains_any(ids)
