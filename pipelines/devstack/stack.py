@@ -22,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from pipelines import offline_env
 from pipelines.settings import Settings
 
 # Start order; `down` stops in reverse.
@@ -160,7 +161,8 @@ def mlflow_service(settings: Settings) -> Service:
     ]
     # MLflow 3's job runner (GenAI scorer and prompt-optimisation jobs) is a runner and seven huey consumers, each
     # importing MLflow (2.4 s of CPU each, ~17 s per start on 2 cores), for jobs this project never queues.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The server runs MLflow without this package, so it is handed the opt-outs (no usage telemetry) here.
+    env = {**offline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return Service("mlflow", argv, f"http://127.0.0.1:{settings.mlflow_port}/health", env)
 
 
@@ -198,6 +200,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_HOST": "127.0.0.1",
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         "PYTHONPATH": str(settings.project_dir),
+        **offline_env(),  # every Airflow process, not only those that import this package
     }
 
 

@@ -53,6 +53,10 @@ def connect(settings: Settings) -> Iterator[Any]:
     from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 
     config = AdditionalConfig(timeout=Timeout(init=30, query=60, insert=120))
+    # `skip_init_checks` below: the client's start-up checks include a look-up of its newest release
+    # on pypi.org, an outside call on every connection (and a 30 s wait where egress is dropped).
+    # Without them the client still reads the server's meta, so a wrong key fails here, and a dead
+    # gRPC port fails the first query loudly.
     if settings.weaviate_url:
         http = urlparse(settings.weaviate_url)
         grpc = urlparse(settings.weaviate_grpc_url or f"{http.scheme}://{http.hostname}:50051")
@@ -65,7 +69,7 @@ def connect(settings: Settings) -> Iterator[Any]:
             grpc_secure=grpc.scheme in ("https", "grpcs"),
             auth_credentials=Auth.api_key(settings.weaviate_key) if settings.weaviate_key else None,
             additional_config=config,
-            skip_init_checks=False,
+            skip_init_checks=True,
         )
     else:
         client = weaviate.connect_to_local(
@@ -75,6 +79,7 @@ def connect(settings: Settings) -> Iterator[Any]:
             # The local server refuses anonymous requests; `up` generated its key.
             auth_credentials=Auth.api_key(settings.weaviate_key) if settings.weaviate_key else None,
             additional_config=config,
+            skip_init_checks=True,
         )
     try:
         yield client

@@ -1,9 +1,12 @@
-"""Building small document sets for the re-indexing tests."""
+"""Building small document sets for the re-indexing tests, and child-process environments."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from pipelines.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "documents" / "business-reports.jsonl"
@@ -38,3 +41,15 @@ def wait_until_idle(api, dag_id: str, timeout_s: float = 900) -> None:  # type: 
             return
         time.sleep(5)
     raise AssertionError(f"{dag_id} still busy after {timeout_s:.0f}s")
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment under which a child process reads exactly these settings."""
+    env = dict(os.environ)
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if field.alias and value is not None:
+            # pydantic-settings reads lists and dicts from JSON, everything else from its text.
+            env[field.alias] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    env.update(extra)
+    return env

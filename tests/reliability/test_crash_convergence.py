@@ -8,14 +8,12 @@ its document's ACL, and no collection a killed rebuild left behind.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests_support import sample_reports, write_reports
+from tests_support import sample_reports, settings_env, write_reports
 
 from pipelines.faults import CRASH_POINTS
 from pipelines.knowledge import index as idx
@@ -26,18 +24,6 @@ from pipelines.settings import Settings
 
 N_REPORTS = 6
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment under which a child process reads exactly these settings."""
-    env = dict(os.environ)
-    for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        if field.alias and value is not None:
-            # pydantic-settings reads lists and dicts from JSON, everything else from its text.
-            env[field.alias] = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    env.update(extra)
-    return env
 
 
 def killed_run(settings: Settings, point: str, *args: str) -> subprocess.CompletedProcess[str]:
