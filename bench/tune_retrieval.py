@@ -81,7 +81,7 @@ def build_index(base: Settings, embedder: Embedder) -> Settings:
     (run_dir / "quarantined.json").write_text("{}")
     result = index_step(settings, run_id, full_rebuild=True, embedder=embedder, allow_mass_change=True)
     commit_index(settings, run_id, result)
-    time.sleep(settings.weaviate_settle_s)
+    time.sleep(settings.settle_wait_s)
     return settings
 
 

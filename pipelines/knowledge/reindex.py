@@ -673,15 +673,15 @@ def plot_history(settings: Settings, path: Path) -> Path | None:
 
 
 def wait_until_settled(settings: Settings, run_id: str) -> float:
-    """Sleep until `weaviate_settle_s` after the index step's last write; returns the seconds waited.
+    """Sleep until `settle_wait_s` after the index step's last write; returns the seconds waited.
 
-    Weaviate takes BM25's average property lengths from flushed segments, so keyword scores on
-    writes still in a memtable are skewed; measuring then would gate on numbers no reader sees.
+    Keyword scores on writes still in a memtable are skewed; measuring then would gate on numbers
+    no reader sees (see `Settings.weaviate_memtable_flush_s` for how long a flush can take).
     """
     marker = _run_dir(settings, run_id) / WRITTEN_AT
     if not marker.exists():
         return 0.0
-    remaining = float(marker.read_text()) + settings.weaviate_settle_s - time.time()
+    remaining = float(marker.read_text()) + settings.settle_wait_s - time.time()
     if remaining > 0:
         log.info("waiting %.1fs for Weaviate to flush the run's writes before measuring", remaining)
         time.sleep(remaining)

@@ -235,3 +235,41 @@ def test_deletions_span_many_pages_and_all_complete(indexed: Settings, embedder:
 def _all(settings: Settings) -> list[dict]:
     with idx.connect(settings) as client:
         return [o.properties for o in client.collections.use(settings.collection_alias).iterator()]
+
+
+def test_the_settle_wait_covers_weaviates_flush_of_a_bulk_write_after_a_quiet_spell(kb: Settings) -> None:
+    """`evaluate` measures `settle_wait_s` after the last write: by then Weaviate must have flushed it.
+
+    Writes above 4 KiB of WAL are flushed once dirty WEAVIATE_MEMTABLE_FLUSH_S, at the shard's next
+    flush check; after a quiet spell the checks are seconds apart (measured: 6.6 s, past the old 6 s).
+    Smaller writes stay in the memtable for readers and gate alike, so they are not this test's case.
+    """
+    from weaviate.classes.config import Configure, DataType, Property
+
+    texts = [row["text"][:800] for row in sample_reports(N_REPORTS)] * 8  # 64 objects, well over 4 KiB
+    name = f"{kb.collection_alias}Settle"
+    with idx.connect(kb) as client:
+        collection = client.collections.create(
+            name,
+            properties=[Property(name="text", data_type=DataType.TEXT)],
+            vector_config=Configure.Vectors.self_provided(),
+        )
+        try:
+            time.sleep(3)  # quiet: the shard's flush checks back off
+            with collection.batch.fixed_size(100) as batch:
+                for i, text in enumerate(texts):
+                    batch.add_object({"text": text}, vector=[1.0, float(i), 0.0])
+            written, flushed_after = time.time(), None
+            while time.time() - written < kb.settle_wait_s + 5:
+                nodes = client.cluster.nodes(collection=name, output="verbose")
+                # The nodes API counts flushed segments only.
+                if sum(s.object_count for node in nodes for s in node.shards if s.collection == name) == len(texts):
+                    flushed_after = time.time() - written
+                    break
+                time.sleep(0.1)
+        finally:
+            client.collections.delete(name)
+    assert flushed_after is not None, f"not flushed {kb.settle_wait_s + 5:.1f} s after the write"
+    assert flushed_after <= kb.settle_wait_s, (
+        f"flushed {flushed_after:.1f} s after the write; the gate waits {kb.settle_wait_s} s"
+    )
