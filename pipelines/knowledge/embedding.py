@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+# Query vectors kept per encoder: 384 floats each, so 4096 of them take 6 MiB.
+QUERY_CACHE_SIZE = 4096
 
 
 class Embedder:
@@ -30,6 +33,8 @@ class Embedder:
         self.model: Any = SentenceTransformer(model_path, device="cpu")
         self.model.max_seq_length = max_seq_length
         self.texts_embedded = 0
+        self._queries: dict[str, np.ndarray] = {}
+        self._queries_lock = threading.Lock()
 
     @property
     def signature(self) -> str:
@@ -37,8 +42,21 @@ class Embedder:
         return f"{Path(self.model_path).name}:{self.model.get_embedding_dimension()}"
 
     def embed_query(self, text: str) -> np.ndarray:
-        """The vector of one search query (not counted as indexing work)."""
-        return self._encode([text], progress=False)[0]
+        """The vector of one search query (not counted as indexing work), read-only.
+
+        Remembered per encoder: the retrieval gate searches each golden query in two modes on every
+        run, and a service is asked the same questions again; encoding is deterministic.
+        """
+        with self._queries_lock:
+            vector = self._queries.get(text)
+        if vector is None:
+            vector = self._encode([text], progress=False)[0]
+            vector.setflags(write=False)  # shared by every caller that asks for this text
+            with self._queries_lock:
+                if len(self._queries) >= QUERY_CACHE_SIZE:
+                    self._queries.pop(next(iter(self._queries)))  # oldest first
+                self._queries[text] = vector
+        return vector
 
     def similarities(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """Cosine similarity of `query` to each text (vectors are normalised; not counted as indexing work)."""
