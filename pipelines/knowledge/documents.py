@@ -233,13 +233,16 @@ class FileContext:
 
 
 def _decode(raw: bytes) -> tuple[str, bool]:
+    # `utf-8-sig` drops a leading byte-order mark (Windows editors write one): kept, it would hide
+    # a Markdown file's front matter, and with it the file's own ACL.
     try:
-        return raw.decode("utf-8"), True
+        return raw.decode("utf-8-sig"), True
     except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace"), False
+        return raw.decode("utf-8-sig", errors="replace"), False
 
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+_OPENS_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n")
 
 
 def parse_markdown(doc_id: str, raw: bytes, context: FileContext = FileContext()) -> Document:
@@ -251,6 +254,10 @@ def parse_markdown(doc_id: str, raw: bytes, context: FileContext = FileContext()
         meta = load_yaml_mapping(match.group(1), "front matter", context.options.max_front_matter_bytes)
         text = text[match.end() :]
     acl = acl_from_metadata(meta, context.inherited, context.options.acl)
+    if not match and _OPENS_FRONT_MATTER.match(text):
+        # Front matter that never closes may hold an ACL we cannot read: quarantined with no groups
+        # (stricter than any), never indexed under the folder's or the default ACL.
+        acl = Acl((), "front matter opened with `---` is never closed: its ACL cannot be read")
     meta = {k: v for k, v in meta.items() if not (isinstance(k, str) and k.strip().lower() == ACL_KEY)}
     heading = re.search(r"^#\s+(.+)$", text, re.MULTILINE)
     title = str(meta.pop("title", "") or (heading.group(1).strip() if heading else PurePosixPath(doc_id).stem))

@@ -111,3 +111,18 @@ def test_broken_sidecar_or_folder_acl_never_means_public(tmp_path: Path) -> None
     by_id = {d.id: d for d in load_documents(str(tmp_path))[0]}
     assert "sidecar a.txt.meta.yaml unreadable" in by_id["a.txt"].acl_problem and by_id["a.txt"].acl == ()
     assert "ACL is empty" in by_id["sub/b.txt"].acl_problem and by_id["sub/b.txt"].acl == ()
+
+
+def test_a_byte_order_mark_does_not_hide_front_matter_and_its_acl(tmp_path: Path) -> None:
+    (tmp_path / "bom.md").write_bytes(b"\xef\xbb\xbf---\nacl: [hr]\n---\n# Reorg\n\nThe office merges.")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfPlain text from a Windows editor.")
+    by_id = {d.id: d for d in load_documents(str(tmp_path))[0]}
+    assert by_id["bom.md"].acl == ("hr",) and not by_id["bom.md"].acl_problem
+    assert "acl:" not in by_id["bom.md"].text  # the front matter was read, not indexed as body text
+    assert not by_id["bom.txt"].text.startswith("\ufeff")
+
+
+def test_front_matter_that_never_closes_is_a_problem_not_the_default_acl(tmp_path: Path) -> None:
+    (tmp_path / "open.md").write_text("---\nacl: [hr]\ntitle: Reorg\n\n# Reorg\n\nThe office merges.")
+    [doc] = load_documents(str(tmp_path))[0]
+    assert doc.acl == () and "never closed" in doc.acl_problem
