@@ -454,6 +454,42 @@ class _Surroundings:
         return FileContext(inherited, sidecar, self.options)
 
 
+def _list_files(fs: Any, root: str) -> tuple[list[str], list[tuple[str, OSError]]]:
+    """Every file under `root`, and each folder that could not be listed with its error.
+
+    Not `fs.find`: its walk leaves out a sub-folder it cannot list (`on_error` reaches only the top
+    folder in fsspec 2026.9), and a folder left out would read as its documents deleted.
+    """
+    files: list[str] = []
+    unlisted: list[tuple[str, OSError]] = []
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            listing = fs.ls(folder, detail=True)
+        except OSError as err:
+            unlisted.append((folder, err))
+            continue
+        for info in listing:
+            name = str(info["name"]).rstrip("/")
+            if name == folder.rstrip("/"):
+                files.append(name)  # `root` is a file itself
+            elif info["type"] == "directory":
+                pending.append(name)
+            else:
+                files.append(name)
+    return sorted(files), unlisted
+
+
+def _relative_folder(path: str, root: str) -> str:
+    """`path` under `root` as a folder source (`sub/`); the whole corpus (`/`) when it cannot be placed."""
+    try:
+        rel = str(PurePosixPath(path).relative_to(PurePosixPath(root)))
+    except ValueError:
+        return "/"
+    return "/" if rel in ("", ".") else rel.rstrip("/") + "/"
+
+
 def load_documents(location: str, options: LoadOptions = LoadOptions()) -> tuple[list[Document], list[LoadProblem]]:
     """Every document under `location` (a path or fsspec URL), plus what could not be read."""
     import fsspec
@@ -463,7 +499,11 @@ def load_documents(location: str, options: LoadOptions = LoadOptions()) -> tuple
     problems: list[LoadProblem] = []
     if not fs.exists(root):
         return documents, [LoadProblem(location, "documents location does not exist")]
-    paths = sorted(fs.find(root))
+    paths, unlisted = _list_files(fs, root)
+    for folder_path, err in unlisted:
+        # The folder's source: the documents indexed from under it are kept, never deleted.
+        folder = _relative_folder(folder_path, root)
+        problems.append(LoadProblem(folder, f"folder unreadable: {type(err).__name__}", source=folder))
     surroundings = _Surroundings(fs, root, set(paths), options)
     for path in paths:
         rel = str(PurePosixPath(path).relative_to(PurePosixPath(root)))

@@ -220,7 +220,7 @@ def plan_update(
             continue
         if doc_id in declared:
             (kept if no_looser(entry.acl, declared[doc_id]) else withdrawn).append(doc_id)
-        elif entry.source and entry.source in unreadable_sources:
+        elif entry.source and _unreadable(entry.source, unreadable_sources):
             kept.append(doc_id)
     for doc_id in kept:
         manifest.documents[doc_id] = previous.documents[doc_id]
@@ -228,6 +228,13 @@ def plan_update(
     deleted = [doc_id for doc_id in previous.documents if doc_id not in present and doc_id not in kept]
     to_delete = [c.uuid for entry in previous.documents.values() for c in entry.chunks if c.uuid not in kept_ids]
     return IndexPlan(to_write, to_move, to_delete, new, changed, unchanged, deleted, kept, manifest, withdrawn)
+
+
+def _unreadable(source: str, unreadable_sources: Collection[str]) -> bool:
+    """The file could not be read this run, itself or its folder (a folder source ends with `/`; `/` is all)."""
+    return source in unreadable_sources or any(
+        s == "/" or (s.endswith("/") and source.startswith(s)) for s in unreadable_sources
+    )
 
 
 def change_share(plan: IndexPlan, live_documents: int) -> float:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -143,7 +143,7 @@ def validate_step(settings: Settings, tags: Mapping[str, str] | None = None) -> 
         stage_documents(run_dir / "documents.jsonl", [d for d in documents if d.id in valid])
         # Each quarantined document with the ACL its new version declares: a stricter ACL must take
         # effect even though the new text is not indexed (the old, looser chunks are withdrawn).
-        declared = {d.id: list(d.acl) for d in documents if d.id not in valid}
+        declared = declared_acls(documents, valid)
         quarantined = {q.document: declared.get(q.document) for q in report.quarantine}
         (run_dir / "quarantined.json").write_text(json.dumps(quarantined))
         # Files that could not be read keep every document they held: unreadable is not deleted.
@@ -165,6 +165,20 @@ def log_cleaning(run_dir: Path, cleaning: CleaningReport) -> None:
     mlflow.log_params({f"boilerplate_{k}": v for k, v in cleaning.rule.items()})
     mlflow.log_metrics({k: float(v) for k, v in cleaning.totals().items()})
     log.info("boilerplate removal: %s", cleaning.totals())
+
+
+def declared_acls(documents: Sequence[Document], valid: Collection[str]) -> dict[str, list[str] | None]:
+    """Each quarantined document id -> the ACL its new version declares (None: it cannot be trusted).
+
+    Copies of one id that declare different ACLs (a new drop beside an old file) declare none we can
+    trust: None, so the old version is withdrawn, whichever copy happens to sort last.
+    """
+    declared: dict[str, list[str] | None] = {}
+    for document in documents:
+        if document.id not in valid:
+            acl = list(document.acl)
+            declared[document.id] = acl if declared.get(document.id, acl) == acl else None
+    return declared
 
 
 def version_step(settings: Settings, run_id: str) -> dict[str, str]:

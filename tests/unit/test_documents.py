@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from pipelines.knowledge.documents import load_documents
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pdf(path: Path, text: str) -> None:
@@ -63,3 +70,30 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path: Path) -> None:
 def test_missing_location_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     docs, problems = load_documents(str(tmp_path / "nope"))
     assert docs == [] and problems[0].reason == "documents location does not exist"
+
+
+def test_a_folder_that_cannot_be_listed_is_a_problem_with_the_folder_as_source() -> None:
+    """A real permission error: the folder is closed to the loader (which runs as nobody: root reads anything)."""
+    corpus = Path(tempfile.mkdtemp(prefix="unlisted-"))
+    try:
+        corpus.chmod(0o755)
+        (corpus / "open.md").write_text("# Open\n\nReadable by anyone.")
+        (corpus / "hr").mkdir()
+        (corpus / "hr" / "a.md").write_text("# Reviews\n\nOnly the owner may list this folder.")
+        (corpus / "hr").chmod(0o700 if os.geteuid() == 0 else 0o000)
+        script = (
+            "import json, os, sys\n"
+            "import encodings.utf_8_sig, fsspec.implementations.local\n"
+            "from pipelines.knowledge.documents import load_documents\n"
+            "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)  # after imports: root's home is shut\n"
+            "docs, problems = load_documents(sys.argv[1])\n"
+            "print(json.dumps({'docs': [d.id for d in docs], 'problems': [[p.source, p.reason] for p in problems]}))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script, str(corpus)], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        (corpus / "hr").chmod(0o700)
+        shutil.rmtree(corpus)
+    assert found["docs"] == ["open.md"]
+    assert found["problems"] == [["hr/", "folder unreadable: PermissionError"]]

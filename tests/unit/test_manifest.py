@@ -100,6 +100,16 @@ def test_documents_of_an_unreadable_file_are_kept_not_deleted(config: ChunkerCon
     assert sorted(gone.deleted_docs) == ["a", "b"]
 
 
+def test_documents_under_a_folder_that_could_not_be_listed_are_kept(config: ChunkerConfig) -> None:
+    docs = [replace(_doc("a"), source="hr/a.md"), replace(_doc("b"), source="hr/deep/b.md")]
+    docs += [replace(_doc("c"), source="hr-archive/c.md")]
+    previous = _indexed(docs, config)
+    plan = plan_update([], previous, config, unreadable_sources=["hr/"])
+    assert sorted(plan.kept_docs) == ["a", "b"] and plan.deleted_docs == ["c"]  # a sibling prefix is not inside
+    whole = plan_update([], previous, config, unreadable_sources=["/"])  # the root itself could not be listed
+    assert sorted(whole.kept_docs) == ["a", "b", "c"] and not whole.to_delete
+
+
 def test_corrupt_manifest_is_reported_not_crashed_on(tmp_path: Path, config: ChunkerConfig) -> None:
     manifest = _indexed([_doc("a")], config)
     path = manifest.save(tmp_path)
@@ -123,3 +133,16 @@ def test_manifest_round_trips_and_detects_incompatible_settings(tmp_path: Path, 
     assert loaded.compatible_with("model", config)
     assert not loaded.compatible_with("other-model", config)
     assert not loaded.compatible_with("model", ChunkerConfig(config.tokenizer, chunk_tokens=120))
+
+
+def test_copies_of_one_id_with_different_acls_withdraw_the_old_version(config: ChunkerConfig) -> None:
+    from pipelines.knowledge.reindex import declared_acls
+
+    previous = _indexed([_doc("a"), _doc("b")], config)  # b is live and public
+    copies = [replace(_doc("b"), acl=("hr",), source="drop.jsonl"), replace(_doc("b"), source="reports.jsonl")]
+    for ordered in (copies, copies[::-1]):  # whichever copy sorts last
+        declared = declared_acls(ordered, valid={"a"})
+        assert declared == {"b": None}
+        plan = plan_update([_doc("a")], previous, config, quarantined=declared)
+        assert plan.withdrawn_docs == ["b"] and not plan.kept_docs
+    assert declared_acls([replace(_doc("b"), acl=("hr",))] * 2, valid=set()) == {"b": ["hr"]}
