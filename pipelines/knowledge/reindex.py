@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -714,11 +714,45 @@ def evaluate_step(
             client, embedder, result.collection, settings.hybrid_alpha, result.generation, enforce_acl=False
         )
         report = evaluate_retrieval(retriever, golden)
-        return _gate_and_apply(settings, run_id, result, report, waited, client)
+
+        def live_baseline() -> Baseline | None:
+            return _live_baseline(settings, client, embedder, golden, result)
+
+        return _gate_and_apply(settings, run_id, result, report, waited, client, live_baseline)
+
+
+def _live_baseline(
+    settings: Settings, client: Any, embedder: Embedder, golden: Any, result: IndexResult
+) -> Baseline | None:
+    """What readers get now, measured on the golden set: the baseline when MLflow holds no accepted run.
+
+    None only when nothing is live (the first run). An MLflow store that was reset, a renamed
+    experiment or deleted runs must not read as "first run" while an index is being served: the
+    candidate is then held against the live index instead of passing unexamined.
+    """
+    live = idx.alias_target(client, settings.collection_alias)
+    if live is None:
+        return None
+    generation = result.live_generation if live == result.collection else idx.live_generation(client, live)
+    retriever = Retriever(client, embedder, live, settings.hybrid_alpha, generation, enforce_acl=False)
+    metrics = evaluate_retrieval(retriever, golden).flat()
+    log.warning(
+        "no accepted run in %s while %s serves %s: gating against the live index",
+        settings.reindex_experiment,
+        settings.collection_alias,
+        live,
+    )
+    return Baseline(f"live index {live}, as no accepted run is in MLflow;", metrics, "")
 
 
 def _gate_and_apply(
-    settings: Settings, run_id: str, result: IndexResult, report: Any, waited: float, client: Any
+    settings: Settings,
+    run_id: str,
+    result: IndexResult,
+    report: Any,
+    waited: float,
+    client: Any,
+    live_baseline: Callable[[], Baseline | None] = lambda: None,
 ) -> ReindexReport:
     import mlflow
 
@@ -729,7 +763,11 @@ def _gate_and_apply(
     metrics["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat else 0.0
     metrics["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat else 0.0
     with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
-        decision = gate(metrics, gate_baselines(settings, exclude_run=run_id), settings.retrieval_tolerance)
+        baselines = gate_baselines(settings, exclude_run=run_id)
+        if not baselines and (live := live_baseline()) is not None:
+            baselines = [live]
+            mlflow.set_tag("gate_baseline", "live index (no accepted run)")
+        decision = gate(metrics, baselines, settings.retrieval_tolerance)
         mlflow.log_metrics(metrics)
         mlflow.log_dict(report.per_query, "evaluation/per_query.json")
         mlflow.set_tag("gate_reasons", "; ".join(decision.reasons)[:5000])

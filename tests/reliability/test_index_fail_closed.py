@@ -281,3 +281,26 @@ def _ids_filter(ids: list[str]) -> Any:
     from weaviate.classes.query import Filter
 
     return Filter.by_id().contains_any(ids)
+
+
+def test_a_reset_tracking_store_does_not_let_a_worse_index_pass_as_the_first_run(
+    indexed: Settings, embedder: Embedder
+) -> None:
+    # The tracking store lost its history (a reset database, a renamed experiment): no accepted run to compare with,
+    # while readers are served the indexed reports. A filler drop must be held against what they get now.
+    # The fixture's tolerance (0.15) absorbs the filler's drop on 8 reports; the default (0.02) does not.
+    reset = indexed.model_copy(
+        update={"reindex_experiment": f"{indexed.reindex_experiment}-reset", "retrieval_tolerance": 0.02}
+    )
+    filler = [
+        {**row, "title": f"Memo {i}", "text": " ".join(random.Random(i).choice(FILLER) for _ in range(180)) + "."}
+        for i, row in enumerate(sample_reports(N_REPORTS))
+    ]
+    before = snapshot_collection(indexed)
+    write_reports(_docs_dir(indexed), filler)
+    with pytest.raises(QualityGateFailed, match=r"fell from .*live index .*no accepted run is in MLflow"):
+        run_reindex(reset, embedder=embedder, allow_mass_change=True)
+    assert snapshot_collection(indexed) == before  # readers keep the reports
+    # The reports themselves pass against the live index, and become the new experiment's first accepted run.
+    write_reports(_docs_dir(indexed), sample_reports(N_REPORTS))
+    assert run_reindex(reset, embedder=embedder).accepted
