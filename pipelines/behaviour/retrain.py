@@ -101,14 +101,25 @@ class EvaluationSummary:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     champion_version: str | None = None
     # Per role, the per-item scores the gate resamples (a few hundred floats: still small for XCom).
-    items: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # A non-finite one (a diverged adapter's NaN loss) is None here: XCom is JSON, which has no NaN.
+    items: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
 
     def gate_scores(self, role: str) -> Scores | None:
+        """What the gate reads for `role`; a score that was not finite comes back as NaN, which fails its rule."""
         s = self.scores.get(role)
         if s is None:
             return None
-        grounding = s.get("grounded_strict", s["grounding"])
-        return Scores(s["rouge_l"], s["format_compliance"], grounding, s["ood_cross_entropy"], self.items.get(role, {}))
+        items = {
+            name: [math.nan if v is None else v for v in values] for name, values in self.items.get(role, {}).items()
+        }
+        grounding = s.get("grounded_strict", s.get("grounding", math.nan))
+        return Scores(
+            s.get("rouge_l", math.nan),
+            s.get("format_compliance", math.nan),
+            grounding,
+            s.get("ood_cross_entropy", math.nan),
+            items,
+        )
 
 
 def _settings_for(settings: Settings, request: RetrainRequest) -> Settings:
@@ -301,7 +312,11 @@ def summarise(reports: Sequence[ModelReport], champion: str | None) -> Evaluatio
     scores = {
         r.model: {k: v for k, v in asdict(r).items() if isinstance(v, float) and math.isfinite(v)} for r in reports
     }
-    return EvaluationSummary(scores, champion, {r.model: r.per_item() for r in reports})
+    items = {
+        r.model: {name: [v if math.isfinite(v) else None for v in values] for name, values in r.per_item().items()}
+        for r in reports
+    }
+    return EvaluationSummary(scores, champion, items)
 
 
 def register_candidate(settings: Settings, run_id: str, model_uri: str, summary: EvaluationSummary) -> str:

@@ -124,3 +124,33 @@ def test_a_passing_candidate_held_by_a_moved_champion_or_a_new_yardstick_waits_f
     assert promotion_outcome(True, PromotionPolicy.AUTO, []).promoted
     assert promotion_outcome(False, PromotionPolicy.AUTO, ["x"]).status == "rejected"
     assert promotion_outcome(True, PromotionPolicy.MANUAL, []).status == "awaiting approval"
+
+
+def test_a_diverged_candidate_fails_the_gate_with_a_reason_instead_of_crashing_it() -> None:
+    """NaN OOD losses (a diverged adapter): the summary stays JSON for XCom and the gate records a FAIL."""
+    import json
+    import math
+    from dataclasses import asdict
+
+    from pipelines.behaviour.evaluation import ItemResult, ModelReport
+    from pipelines.behaviour.retrain import EvaluationSummary, summarise
+
+    def report(model: str, rouge: float, ood: list[float]) -> ModelReport:
+        items = [
+            ItemResult(model, f"r{i}", "q", "out", "ref", True, rouge + 0.01 * (i % 5), 0.5, True, 1.0, True)
+            for i in range(30)
+        ]
+        mean_ood = sum(ood) / len(ood)
+        return ModelReport(model, 1.0, rouge, 0.5, 1.0, 1.0, mean_ood, 10.0, items, ood_losses=ood)
+
+    base = report("base", 0.1, [100.0 + i for i in range(25)])
+    diverged = report("candidate", 0.6, [math.nan] * 25)
+    summary = summarise([base, diverged], champion=None)
+    assert "ood_cross_entropy" not in summary.scores["candidate"]  # not finite: left out of the aggregates
+    restored = EvaluationSummary(**json.loads(json.dumps(asdict(summary), allow_nan=False)))  # as XCom carries it
+    candidate, base_scores = restored.gate_scores("candidate"), restored.gate_scores("base")
+    assert candidate is not None and base_scores is not None and math.isnan(candidate.ood_cross_entropy)
+    decision = decide(candidate, base_scores, None, GateThresholds())
+    assert not decision.passed
+    assert any(r.startswith("FAIL: OOD cross-entropy rise over base") for r in decision.reasons), decision.reasons
+    assert any(r.startswith("ok: ROUGE-L vs base") for r in decision.reasons)  # the other rules still judged
