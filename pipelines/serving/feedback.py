@@ -279,12 +279,52 @@ def correction_record(feedback: FeedbackRecord) -> Any:
     return InstructionRecord(f"{FEEDBACK_ID_PREFIX}{feedback.id}", messages, contexts)
 
 
-def _hold_reason(feedback: FeedbackRecord) -> str | None:
+def served_acls(settings: Settings, chunk_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The ACL each of `chunk_ids` has in the live index now; a chunk no longer served is absent.
+
+    A Weaviate error raises: an export that cannot check the sources must not ship their text.
+    """
+    from weaviate.classes.query import Filter
+
+    from pipelines.knowledge import index as idx
+
+    ids = sorted(set(chunk_ids))
+    if not ids:
+        return {}
+    with idx.connect(settings) as client:
+        live = idx.alias_target(client, settings.collection_alias)
+        if live is None:
+            return {}
+        where = Filter.by_id().contains_any(ids)
+        visible = idx.visible_filter(idx.live_generation(client, live))
+        if visible is not None:
+            where = where & visible
+        found = client.collections.use(live).query.fetch_objects(
+            filters=where, limit=len(ids), return_properties=["acl"]
+        )
+    return {str(o.uuid): tuple(o.properties.get("acl") or ()) for o in found.objects}
+
+
+def _hold_reason(feedback: FeedbackRecord, served: dict[str, tuple[str, ...]]) -> str | None:
+    """Why a reviewed correction must not reach training data, or None.
+
+    Judged on the ACLs recorded with the feedback *and* on the live index now: a document restricted,
+    withdrawn or deleted since (a tighter ACL gives its chunks new ids) holds the correction back.
+    """
     if not feedback.citations:
         return "cites no chunk: a correction needs the sources it answers from"
     restricted = sorted({c.doc_id for c in feedback.citations if tuple(c.acl) != (PUBLIC,)})
     if restricted:
         return f"cites restricted documents ({', '.join(restricted)}): training would teach their text to everyone"
+    gone = sorted({c.doc_id for c in feedback.citations if c.chunk_id not in served})
+    if gone:
+        return (
+            f"cites chunks no longer served ({', '.join(gone)}): their documents were restricted, withdrawn or "
+            "changed since the feedback"
+        )
+    restricted_now = sorted({c.doc_id for c in feedback.citations if served[c.chunk_id] != (PUBLIC,)})
+    if restricted_now:
+        return f"cites documents restricted since the feedback ({', '.join(restricted_now)})"
     return None
 
 
@@ -298,10 +338,10 @@ def export_corrections(store: FeedbackStore, settings: Settings) -> ExportReport
 
     held: dict[int, str] = {}
     records = []
-    for feedback in store.list(reviewed=True):
-        if feedback.correction is None:
-            continue
-        reason = _hold_reason(feedback)
+    corrections = [f for f in store.list(reviewed=True) if f.correction is not None]
+    served = served_acls(settings, [c.chunk_id for f in corrections for c in f.citations])
+    for feedback in corrections:
+        reason = _hold_reason(feedback, served)
         if reason:
             held[feedback.id] = reason
             log.warning("feedback %d held back: %s", feedback.id, reason)

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from tests_support import settings_env
+
 from pipelines.settings import Settings
 
 
 def pipelines_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real `pipelines` command against these settings' state, keys file and feedback database."""
-    env = {
-        **os.environ,
-        "API_KEYS_FILE": str(settings.api_keys_path),
-        "PIPELINES_STATE_DIR": str(settings.state_dir),
-        "PIPELINES_DATA_DIR": str(settings.data_dir),
-        "FEEDBACK_DB_URL": settings.feedback_url,
-    }
+    # Every setting (index alias, Weaviate key file, ...), as `feedback export` reads the live index too.
+    env = settings_env(
+        settings,
+        API_KEYS_FILE=str(settings.api_keys_path),
+        PIPELINES_STATE_DIR=str(settings.state_dir),
+        PIPELINES_DATA_DIR=str(settings.data_dir),
+        FEEDBACK_DB_URL=settings.feedback_url,
+    )
     cli = str(Path(sys.executable).parent / "pipelines")
     return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=120)
 

@@ -161,3 +161,28 @@ def test_reviewed_corrections_are_exported_to_the_training_drop_where_validation
     pii = [f for f in report.failures if f.reason == "contains PII or a secret"]
     assert pii and f"feedback-{ids['pii']}" in pii[0].examples
     assert f"feedback-{ids['clean']}" not in pii[0].examples
+
+
+def test_a_correction_citing_a_document_restricted_since_is_held_back_at_export(
+    service: Service, embedder: Embedder
+) -> None:
+    # Runs last in this module: it restricts one report. The feedback was given while the report was public.
+    rows = sample_reports(4)
+    target = rows[0]
+    hit = next(h for h in _hits(service, "public", target["title"]) if h["doc_id"] == target["_id"])
+    sentence = next(s for s in re.split(r"(?<=[.!?])\s+", hit["text"]) if len(s.split()) >= 8)
+    body = _feedback("What did that report find?", [hit["chunk_id"]], sentence)
+    reply = _post(service, "/v1/feedback", body, "public")
+    assert reply.status_code == 200, reply.text
+    feedback_id = reply.json()["id"]
+    assert service.store.get(feedback_id).citations[0].acl == ("public",)
+    assert pipelines_cli(service.settings, "feedback", "review", str(feedback_id)).returncode == 0
+    # The owner restricts the report to hr before anyone exports.
+    write_reports(service.settings.data_dir / "documents", [{**target, "acl": ["hr"]}, *rows[1:]])
+    assert run_reindex(service.settings, embedder=embedder, allow_mass_change=True).accepted
+
+    report = export_corrections(service.store, service.settings)
+    assert feedback_id not in report.exported
+    assert "no longer served" in report.held_back[feedback_id] and target["_id"] in report.held_back[feedback_id]
+    shipped = read_records(service.settings.training_drop_dir / TRAIN_FILE)
+    assert not any(r.id == f"feedback-{feedback_id}" for r in shipped)
