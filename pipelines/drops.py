@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipelines.behaviour.dataset import EVAL_FILE, OOD_FILE, TRAIN_FILE
+from pipelines.knowledge.documents import SIDECAR_SUFFIX
 from pipelines.orchestration.assets import DOCUMENTS_ASSET, TRAINING_DATA_ASSET
 from pipelines.settings import Settings
 
@@ -276,6 +277,12 @@ def complete_files(
         stable = previous.get(name) == state and now - state.mtime >= settle_s
         if name in markers or stable:
             ready[name] = state.size
+    # A document waits for its sidecar (`x.pdf` for `x.pdf.meta.yaml`, which may carry its ACL): ingested
+    # alone, it would be indexed under the folder's or the default ACL until a later run.
+    for name in list(ready):
+        sidecar = f"{name}{SIDECAR_SUFFIX}"
+        if sidecar in current and sidecar not in ready:
+            del ready[name]
     return ready
 
 
@@ -407,6 +414,8 @@ def _files_to_drop(target: DropTarget, paths: Iterable[Path]) -> list[tuple[Path
         raise DropError(f"hidden, in-flight or marker names are never ingested; rename: {', '.join(rejected)}")
     if not found:
         raise DropError("nothing to drop: the folders given hold no files")
+    # Sidecars first: a document must never arrive (or be marked) before the sidecar that may hold its ACL.
+    found.sort(key=lambda item: not item[1].endswith(SIDECAR_SUFFIX))
     unknown = [name for _, name in found if target.accepted and name not in target.accepted]
     if unknown:
         raise DropError(f"{target.kind} drops replace {', '.join(target.accepted)}; not: {', '.join(unknown)}")

@@ -147,3 +147,24 @@ def test_training_drops_only_replace_the_files_the_trainer_reads(tmp_path: Path)
     current = {"notes.jsonl": FileState(2, 0.0), "eval.jsonl": FileState(3, 0.0)}
     ready = drops.complete_files({}, current, {"notes.jsonl", "eval.jsonl"}, 1.0, 30, target.accepted)
     assert ready == {"eval.jsonl": 3}
+
+
+def test_a_document_waits_for_its_sidecar_which_may_hold_its_acl() -> None:
+    doc, sidecar = "reviews/x.pdf", "reviews/x.pdf.meta.yaml"
+    state = FileState(10, 1000.0)
+    # The PDF is marked; its sidecar is still being written (no marker, not quiet yet): neither goes.
+    assert drops.complete_files({}, {doc: state, sidecar: state}, {doc}, now=1000.0, settle_s=30) == {}
+    both = drops.complete_files({}, {doc: state, sidecar: state}, {doc, sidecar}, now=1000.0, settle_s=30)
+    assert both == {doc: 10, sidecar: 10}
+    assert drops.complete_files({}, {doc: state}, {doc}, now=1000.0, settle_s=30) == {doc: 10}  # none to wait for
+    # A sidecar alone may go first (it can only tighten what an earlier copy of its document had).
+    assert drops.complete_files({}, {doc: state, sidecar: state}, {sidecar}, now=1000.0, settle_s=30) == {sidecar: 10}
+
+
+def test_place_puts_sidecars_in_before_their_documents(target: DropTarget, tmp_path: Path) -> None:
+    source = tmp_path / "incoming"
+    source.mkdir()
+    for name in ("a.md", "a.md.meta.yaml", "b.txt", "b.txt.meta.yaml"):
+        (source / name).write_text("acl: [hr]\n" if name.endswith(".meta.yaml") else "# Body\n\nText.")
+    placed = drops.place(target, [source])
+    assert placed[:2] == ["a.md.meta.yaml", "b.txt.meta.yaml"] and sorted(placed[2:]) == ["a.md", "b.txt"]
