@@ -379,6 +379,27 @@ def _guard_mass_change(
     )
 
 
+def _guard_rebuild_drops(
+    settings: Settings, run_id: str, kept: Sequence[str], reason: str | None, allow_mass_change: bool
+) -> None:
+    """Refuse a full rebuild that would drop documents an incremental run keeps (unreadable or quarantined today).
+
+    Their old chunks cannot follow into the new collection (another model or chunker made them), so the
+    rebuild would delete them for readers however few they are: only a person accepts that.
+    """
+    import mlflow
+
+    if not kept or allow_mass_change:
+        return
+    with tracked_run(settings, settings.reindex_experiment, run_id=run_id):
+        mlflow.set_tags({"gate": "refused_rebuild_drop", "full_rebuild_reason": str(reason or "requested")})
+    raise MassChangeRefused(
+        f"a full rebuild ({reason or 'requested'}) would drop {len(kept)} document(s) that are unreadable or "
+        f"quarantined today and kept by incremental runs, e.g. {', '.join(kept[:5])}; nothing was written. Fix "
+        "them, or trigger the run again with `allow_mass_change` to rebuild without them."
+    )
+
+
 def index_step(
     settings: Settings,
     run_id: str,
@@ -427,6 +448,7 @@ def index_step(
             # (quarantined or unreadable) documents are not carried into a new collection: they count as deleted.
             if previous is not None:
                 guard_plan = plan_update(documents, previous, chunker, quarantined, unreadable)
+                _guard_rebuild_drops(settings, run_id, guard_plan.kept_docs, rebuild_reason, allow_mass_change)
                 guard_plan.deleted_docs = [*guard_plan.deleted_docs, *guard_plan.kept_docs]
             else:
                 guard_plan = plan

@@ -187,6 +187,25 @@ def test_unreadable_file_deletes_nothing(indexed: Settings, embedder: Embedder) 
     assert any(q["document"].startswith("reports.jsonl:") for q in quarantine["quarantine"])
 
 
+def test_a_full_rebuild_that_would_drop_an_unreadable_document_is_refused(
+    indexed: Settings, embedder: Embedder
+) -> None:
+    settings = indexed.model_copy(update={"boilerplate_min_documents": 10**6})  # as above: only deletion is tested
+    (_docs_dir(settings) / "memo.md").write_text("# Memo\n\n" + sample_reports(N_REPORTS + 1)[-1]["text"])
+    assert run_reindex(settings, embedder=embedder, allow_mass_change=True).accepted
+    before = snapshot_collection(settings)
+    (_docs_dir(settings) / "memo.md").write_bytes(b"# Memo\n\n" + bytes(range(256)) * 16)  # unreadable today
+    # The chunker changes the same day: incremental runs would keep memo.md, a rebuild cannot carry it.
+    rechunked = settings.model_copy(update={"chunk_tokens": settings.chunk_tokens - 40})
+    with pytest.raises(MassChangeRefused, match=r"full rebuild \(embedding model or chunker changed\) would drop 1"):
+        run_reindex(rechunked, embedder=embedder)
+    assert snapshot_collection(settings) == before  # nothing written, readers keep memo.md
+    # A person who accepts the loss says so, and the rebuild goes ahead without it.
+    report = run_reindex(rechunked, embedder=embedder, allow_mass_change=True)
+    assert report.accepted and report.index.mode == "full"
+    assert not any(p["doc_id"] == "memo.md" for p in snapshot_collection(settings).values())
+
+
 def test_corrupt_manifest_triggers_a_logged_full_rebuild(indexed: Settings, embedder: Embedder) -> None:
     import mlflow
 
