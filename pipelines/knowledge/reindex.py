@@ -774,7 +774,7 @@ def _gate_and_apply(
     report: Any,
     waited: float,
     client: Any,
-    live_baseline: Callable[[], Baseline | None] = lambda: None,
+    live_baseline: Callable[[], Baseline | None],
 ) -> ReindexReport:
     import mlflow
 

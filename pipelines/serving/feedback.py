@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,6 +192,25 @@ def _locked(session: Session, feedback_id: int) -> _Row:
     return row
 
 
+def _live_chunks(
+    client: Any, name: str, chunk_ids: Sequence[str], properties: Sequence[str], where: Any = None
+) -> dict[str, Mapping[str, Any]]:
+    """Chunk id -> properties of those `chunk_ids` readers of collection `name` see now (and `where` admits)."""
+    from weaviate.classes.query import Filter
+
+    from pipelines.knowledge import index as idx
+
+    ids = Filter.by_id().contains_any(list(chunk_ids))
+    where = ids if where is None else where & ids
+    visible = idx.visible_filter(idx.live_generation(client, name))
+    if visible is not None:
+        where = where & visible
+    found = client.collections.use(name).query.fetch_objects(
+        filters=where, limit=len(chunk_ids), return_properties=list(properties)
+    )
+    return {str(obj.uuid): obj.properties for obj in found.objects}
+
+
 def cited_chunks(
     client: Any, collection: str, chunk_ids: Sequence[str], user_groups: Sequence[str]
 ) -> list[CitedChunk]:
@@ -200,22 +219,13 @@ def cited_chunks(
     Raises FeedbackRefused when any of them is missing or not readable by the caller: a client cannot
     store text it may not read, nor text that is not in the index.
     """
-    from weaviate.classes.query import Filter
-
     from pipelines.knowledge import index as idx
     from pipelines.knowledge.retrieval import access_filter
 
     if not chunk_ids:
         return []
     name = idx.alias_target(client, collection) or collection
-    where = access_filter(user_groups) & Filter.by_id().contains_any(list(chunk_ids))
-    visible = idx.visible_filter(idx.live_generation(client, name))
-    if visible is not None:
-        where = where & visible
-    found = client.collections.use(name).query.fetch_objects(
-        filters=where, limit=len(chunk_ids), return_properties=["doc_id", "title", "text", "acl"]
-    )
-    by_id = {str(obj.uuid): obj.properties for obj in found.objects}
+    by_id = _live_chunks(client, name, chunk_ids, ["doc_id", "title", "text", "acl"], access_filter(user_groups))
     missing = [c for c in chunk_ids if c not in by_id]
     if missing:
         raise FeedbackRefused(f"{len(missing)} cited chunk(s) are not in the index or not readable by you")
@@ -284,8 +294,6 @@ def served_acls(settings: Settings, chunk_ids: Sequence[str]) -> dict[str, tuple
 
     A Weaviate error raises: an export that cannot check the sources must not ship their text.
     """
-    from weaviate.classes.query import Filter
-
     from pipelines.knowledge import index as idx
 
     ids = sorted(set(chunk_ids))
@@ -293,16 +301,8 @@ def served_acls(settings: Settings, chunk_ids: Sequence[str]) -> dict[str, tuple
         return {}
     with idx.connect(settings) as client:
         live = idx.alias_target(client, settings.collection_alias)
-        if live is None:
-            return {}
-        where = Filter.by_id().contains_any(ids)
-        visible = idx.visible_filter(idx.live_generation(client, live))
-        if visible is not None:
-            where = where & visible
-        found = client.collections.use(live).query.fetch_objects(
-            filters=where, limit=len(ids), return_properties=["acl"]
-        )
-    return {str(o.uuid): tuple(o.properties.get("acl") or ()) for o in found.objects}
+        found = _live_chunks(client, live, ids, ["acl"]) if live is not None else {}
+    return {chunk_id: tuple(props.get("acl") or ()) for chunk_id, props in found.items()}
 
 
 def _hold_reason(feedback: FeedbackRecord, served: dict[str, tuple[str, ...]]) -> str | None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests_support import sample_reports, write_reports
+from tests_support import create_text_collection, sample_reports, write_reports
 
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.embedding import Embedder
@@ -244,16 +244,10 @@ def test_the_settle_wait_covers_weaviates_flush_of_a_bulk_write_after_a_quiet_sp
     flush check; after a quiet spell the checks are seconds apart (measured: 6.6 s, past the old 6 s).
     Smaller writes stay in the memtable for readers and gate alike, so they are not this test's case.
     """
-    from weaviate.classes.config import Configure, DataType, Property
-
     texts = [row["text"][:800] for row in sample_reports(N_REPORTS)] * 8  # 64 objects, well over 4 KiB
     name = f"{kb.collection_alias}Settle"
     with idx.connect(kb) as client:
-        collection = client.collections.create(
-            name,
-            properties=[Property(name="text", data_type=DataType.TEXT)],
-            vector_config=Configure.Vectors.self_provided(),
-        )
+        collection = create_text_collection(client, name)
         try:
             time.sleep(3)  # quiet: the shard's flush checks back off
             with collection.batch.fixed_size(100) as batch:

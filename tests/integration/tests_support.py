@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pipelines.settings import Settings
 
@@ -53,3 +54,14 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             env[field.alias] = json.dumps(value) if isinstance(value, list | dict) else str(value)
     env.update(extra)
     return env
+
+
+def create_text_collection(client: Any, name: str) -> Any:
+    """A bare collection with one text property and vectors supplied by the caller (probes of Weaviate itself)."""
+    from weaviate.classes.config import Configure, DataType, Property
+
+    return client.collections.create(
+        name,
+        properties=[Property(name="text", data_type=DataType.TEXT)],
+        vector_config=Configure.Vectors.self_provided(),
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests_support import sample_reports, write_reports
+from tests_support import create_text_collection, sample_reports, write_reports
 
 from pipelines.failures import MassChangeRefused, QualityGateFailed
 from pipelines.knowledge import index as idx
@@ -243,15 +243,9 @@ def test_stricter_acl_takes_effect_even_when_the_new_version_is_quarantined(
 @pytest.fixture
 def probe_collection(kb: Settings) -> Any:
     """A small collection of six objects on the session's real Weaviate; its shard is made READY again after."""
-    from weaviate.classes.config import Configure, DataType, Property
-
     name = f"{kb.collection_alias}Probe"
     with idx.connect(kb) as client:
-        collection = client.collections.create(
-            name,
-            properties=[Property(name="text", data_type=DataType.TEXT)],
-            vector_config=Configure.Vectors.self_provided(),
-        )
+        collection = create_text_collection(client, name)
         ids = [str(collection.data.insert({"text": f"chunk {i}"}, vector=[1.0, float(i), 0.0])) for i in range(6)]
         try:
             yield client, name, ids
