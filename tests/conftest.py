@@ -23,6 +23,10 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 WORKER_INDEX = int(WORKER.removeprefix("gw")) if WORKER.startswith("gw") else 0
 _state = os.environ.get("PIPELINES_TEST_STATE")
 TEST_STATE = Path(f"{_state}-{WORKER}" if _state and WORKER else _state or tempfile.mkdtemp(prefix="pipelines-test-"))
+# A state folder this session made for itself is removed when it ends (pytest_unconfigure): a stack's state is
+# about 1 GB (MLflow artifacts, Weaviate, Airflow), and left behind by every run it filled CI's disk.
+# A folder named in PIPELINES_TEST_STATE belongs to the developer and is kept.
+OWN_STATE = not _state
 ARTIFACTS = ROOT / "test-artifacts"
 
 for var in (
@@ -129,6 +133,30 @@ def pytest_make_collect_report(
     report = yield
     _fail_skip_in_ci(report)
     return report
+
+
+_SESSION_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_SESSION_FAILED] = exitstatus != pytest.ExitCode.OK
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's own state folder, after every fixture (the stack among them) is torn down.
+
+    A failed session first copies the services' logs to test-artifacts/stack-logs/, which is what one reads
+    to see why; the rest (indexes, models, databases) goes.
+    """
+    if not OWN_STATE:
+        return
+    logs = TEST_STATE / "stack" / "logs"
+    if config.stash.get(_SESSION_FAILED, False) and logs.is_dir():
+        kept = ARTIFACTS / "stack-logs" / (WORKER or "main")
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(logs, kept)
+    shutil.rmtree(TEST_STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -72,3 +72,43 @@ def test_a_skipped_module_stops_collection_under_ci(suite: pytest.Pytester, monk
     result = suite.runpytest("-p", "no:cacheprovider", "unit/test_skipped_module.py")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*skipped under CI=true*module-level skip*"])
+
+
+def test_a_session_removes_the_state_folder_it_made_and_keeps_the_logs_of_a_failed_one(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    scratch = suite.path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the conftest's mkdtemp puts the state folder
+    monkeypatch.delenv("PIPELINES_TEST_STATE", raising=False)
+    (suite.path / "unit/test_leaves_state.py").write_text(
+        textwrap.dedent("""
+            import os
+            from pathlib import Path
+            def test_writes_a_service_log():
+                logs = Path(os.environ["PIPELINES_STATE_DIR"]) / "logs"
+                logs.mkdir(parents=True)
+                (logs / "weaviate.log").write_text("shard refused the write")
+                (Path(os.environ["PIPELINES_STATE_DIR"]) / "weaviate.bin").write_bytes(b"0" * 1024)
+            def test_fails(): raise AssertionError("red")
+        """)
+    )
+    passed = suite.runpytest("-p", "no:cacheprovider", "unit/test_leaves_state.py::test_writes_a_service_log")
+    passed.assert_outcomes(passed=1)
+    assert list(scratch.iterdir()) == []
+    artifacts = suite.path.parent / "test-artifacts" / "stack-logs" / "main"  # ARTIFACTS of the copied conftest
+    assert not artifacts.exists()
+
+    failed = suite.runpytest("-p", "no:cacheprovider", "unit/test_leaves_state.py")
+    failed.assert_outcomes(passed=1, failed=1)
+    assert list(scratch.iterdir()) == []
+    assert (artifacts / "weaviate.log").read_text() == "shard refused the write"
+
+
+def test_a_state_folder_named_by_the_developer_is_kept(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = suite.path / "my-state"
+    monkeypatch.setenv("PIPELINES_TEST_STATE", str(mine))
+    suite.runpytest("-p", "no:cacheprovider", "unit/test_fast.py::test_passes").assert_outcomes(passed=1)
+    assert (mine / "airflow-dagtest").is_dir()
