@@ -191,18 +191,20 @@ class Pipelines:
         return go
 
     def read(self, client: Any, doc_id: str) -> list[str]:
-        """What a reader sees of `doc_id`: the alias resolved once, filtered to the live generation."""
+        """What a reader sees of `doc_id`: the live generation, read again after the query (`idx.read_live`)."""
         from weaviate.classes.query import Filter
 
-        name = idx.alias_target(client, self.settings.collection_alias)
-        if name is None:
+        if idx.alias_target(client, self.settings.collection_alias) is None:
             return []
         where = Filter.by_property("doc_id").equal(doc_id)
-        visible = idx.visible_filter(idx.live_generation(client, name))
-        if visible is not None:
-            where = where & visible
-        found = client.collections.use(name).query.fetch_objects(filters=where, limit=1000, return_properties=["text"])
-        return [str(o.properties["text"]) for o in found.objects]
+
+        def fetch(name: str, visible: Any) -> list[str]:
+            found = client.collections.use(name).query.fetch_objects(
+                filters=where if visible is None else where & visible, limit=1000, return_properties=["text"]
+            )
+            return [str(o.properties["text"]) for o in found.objects]
+
+        return idx.read_live(client, self.settings.collection_alias, fetch)  # as the product's readers read
 
     def drop(self, client: Any) -> None:
         for name in idx.versions(client, self.settings.collection_alias):

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -172,6 +172,36 @@ def visible_filter(generation: int | None) -> Any:
     return Filter.by_property("gen_from").less_or_equal(generation) & (
         gen_to.equal(0) | gen_to.greater_than(generation)
     )
+
+
+# A commit takes well under a second and runs at most daily: three commits during one read means something is
+# committing in a loop, and the reader says so instead of serving whatever it caught.
+READ_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def read_live(client: Any, collection: str, query: Callable[[str, Any], T], attempts: int = READ_ATTEMPTS) -> T:
+    """`query(name, visible)` on one whole version of what readers of `collection` (an alias, or a name) see.
+
+    A reader reads the live generation, then queries it. A commit in between (its clean-up deleting the chunks
+    it retired) would serve part of a document, so the generation is read again after the query and, if it
+    moved, the query runs again on the new one (a seqlock: a commit publishes the generation before it deletes
+    anything). A full rebuild that moves the alias and drops the collection mid-query is retried the same way;
+    any other error raises. Single node: a schema read lagging the shard on a cluster would defeat the check.
+    """
+    for _ in range(attempts):
+        # Resolve the alias once per attempt: the generation read and the query must name the same collection.
+        name = alias_target(client, collection) or collection
+        generation = live_generation(client, name)
+        try:
+            result = query(name, visible_filter(generation))
+            if live_generation(client, name) == generation:
+                return result
+        except Exception:
+            if (alias_target(client, collection) or collection) == name:
+                raise  # a service error, not a rebuild moving the alias: the reader must not guess
+        log.info("%s changed during a read; reading again", collection)
+    raise IndexingError(f"{collection} changed during each of {attempts} attempts at one read")
 
 
 def upsert_chunks(

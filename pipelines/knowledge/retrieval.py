@@ -82,16 +82,36 @@ class Retriever:
         user_groups: Sequence[str] = (),
         mode: str = "hybrid",
     ) -> list[SearchHit]:
-        """Top-k chunks for `query`; `mode` is hybrid, vector or bm25."""
+        """Top-k chunks for `query`; `mode` is hybrid, vector or bm25.
+
+        Readers get one whole version of the live index even when a commit lands mid-query (`idx.read_live`).
+        """
+        vector = None if mode == "bm25" else self.embedder.embed_query(query).tolist()
+        where = access_filter(user_groups, filters) if self.enforce_acl else None
+
+        def run(name: str, visible: Any) -> list[SearchHit]:
+            return self._query(name, visible, query, vector, k, alpha, where, mode)
+
+        if self.generation is not None:  # a fixed generation (the gate): nothing commits it underneath
+            return run(
+                idx.alias_target(self.client, self.collection) or self.collection, idx.visible_filter(self.generation)
+            )
+        return idx.read_live(self.client, self.collection, run)
+
+    def _query(
+        self,
+        name: str,
+        visible: Any,
+        query: str,
+        vector: list[float] | None,
+        k: int,
+        alpha: float | None,
+        where: Any,
+        mode: str,
+    ) -> list[SearchHit]:
         from weaviate.classes.query import HybridFusion, MetadataQuery
 
-        # Resolve the alias once: the generation read and the query must name the same collection,
-        # or an alias moved in between would apply one collection's generation to another.
-        name = idx.alias_target(self.client, self.collection) or self.collection
         target = self.client.collections.use(name)
-        generation = idx.live_generation(self.client, name) if self.generation is None else self.generation
-        where = access_filter(user_groups, filters) if self.enforce_acl else None
-        visible = idx.visible_filter(generation)
         if visible is not None:
             where = visible if where is None else where & visible
         metadata = MetadataQuery(score=True, distance=True)
@@ -104,24 +124,22 @@ class Retriever:
                 return_metadata=metadata,
                 return_properties=RETURN_PROPERTIES,
             )
+        elif mode == "vector":
+            result = target.query.near_vector(
+                vector, limit=k, filters=where, return_metadata=metadata, return_properties=RETURN_PROPERTIES
+            )
         else:
-            vector = self.embedder.embed_query(query).tolist()
-            if mode == "vector":
-                result = target.query.near_vector(
-                    vector, limit=k, filters=where, return_metadata=metadata, return_properties=RETURN_PROPERTIES
-                )
-            else:
-                result = target.query.hybrid(
-                    query,
-                    vector=vector,
-                    alpha=self.default_alpha if alpha is None else alpha,
-                    fusion_type=HybridFusion.RELATIVE_SCORE,
-                    query_properties=KEYWORD_PROPERTIES,
-                    limit=k,
-                    filters=where,
-                    return_metadata=metadata,
-                    return_properties=RETURN_PROPERTIES,
-                )
+            result = target.query.hybrid(
+                query,
+                vector=vector,
+                alpha=self.default_alpha if alpha is None else alpha,
+                fusion_type=HybridFusion.RELATIVE_SCORE,
+                query_properties=KEYWORD_PROPERTIES,
+                limit=k,
+                filters=where,
+                return_metadata=metadata,
+                return_properties=RETURN_PROPERTIES,
+            )
         return [_hit(obj, mode) for obj in result.objects]
 
 

@@ -202,13 +202,16 @@ def _live_chunks(
 
     ids = Filter.by_id().contains_any(list(chunk_ids))
     where = ids if where is None else where & ids
-    visible = idx.visible_filter(idx.live_generation(client, name))
-    if visible is not None:
-        where = where & visible
-    found = client.collections.use(name).query.fetch_objects(
-        filters=where, limit=len(chunk_ids), return_properties=list(properties)
-    )
-    return {str(obj.uuid): obj.properties for obj in found.objects}
+
+    def fetch(target: str, visible: Any) -> dict[str, Mapping[str, Any]]:
+        found = client.collections.use(target).query.fetch_objects(
+            filters=where if visible is None else where & visible,
+            limit=len(chunk_ids),
+            return_properties=list(properties),
+        )
+        return {str(obj.uuid): obj.properties for obj in found.objects}
+
+    return idx.read_live(client, name, fetch)  # one whole version, even when a commit lands mid-read
 
 
 def cited_chunks(

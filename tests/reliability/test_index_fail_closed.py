@@ -106,6 +106,52 @@ def test_accepted_incremental_run_becomes_visible_at_once(indexed: Settings, emb
     assert ids == live_manifest(indexed).chunk_ids, "retired chunks were not cleaned up after the commit"
 
 
+def test_a_query_that_read_the_generation_just_before_a_commit_sees_one_whole_version(
+    indexed: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader reads the live generation, then queries; a commit landing in between (its clean-up deleting the
+    retired chunks) must not serve part of a document, or none of one that exists before and after. The commit
+    is run at exactly that moment, from the reader's own generation read, so the interleaving is certain."""
+    from pipelines.knowledge.reindex import commit_index, index_step, validate_step, version_step
+
+    with idx.connect(indexed) as client:
+        retriever = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha)
+        target = sample_reports(N_REPORTS)[2]["_id"]  # public, like every sample report
+
+        def chunks_of_target() -> set[str]:  # vector mode with a large k: every chunk of the document
+            return {h.chunk_id for h in retriever.search("report", k=200, mode="vector", filters={"doc_id": target})}
+
+        old = chunks_of_target()
+        assert len(old) > 1, "the document needs several chunks to be served in part"
+        rows = sample_reports(N_REPORTS)
+        rows[2]["text"] = rows[2]["text"].replace(". ", ". Report revised. ")  # most chunks change: new ids
+        write_reports(_docs_dir(indexed), rows)
+        run_id = validate_step(indexed)
+        version_step(indexed, run_id)
+        staged = index_step(indexed, run_id, embedder=embedder, client=client)
+
+        reads = 0
+        original = idx.live_generation
+
+        def generation_then_commit(client_: Any, collection: str) -> int | None:
+            nonlocal reads
+            reads += 1
+            seen = original(client_, collection)
+            if reads == 1:  # the reader holds the old generation; the commit and its clean-up run now
+                commit_index(indexed, run_id, staged, client)
+            return seen
+
+        monkeypatch.setattr(idx, "live_generation", generation_then_commit)
+        served = chunks_of_target()
+        monkeypatch.undo()
+        now = chunks_of_target()
+    assert reads >= 1, "the commit never ran inside the reader's query"
+    assert now and now != old, "the rewrite did not change the document's chunks"
+    assert served in (old, now), (
+        f"served part of a version: {len(served & old)} of {len(old)} old chunks, {len(served & now)} of {len(now)} new"
+    )
+
+
 @pytest.fixture
 def whole_corpus(kb: Settings, embedder: Embedder) -> Settings:
     """The 42 shared reports indexed, with the real golden set measuring them."""
