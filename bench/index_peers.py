@@ -52,8 +52,8 @@ from pipelines.tracking import tracked_run
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE_NOTE = (
-    "shared 2-core machine: other agents ran tests and benchmarks at the same time; contenders alternate "
-    "within each case, so compare ratios and medians, not absolute seconds"
+    "contenders alternate within each case, so compare ratios and medians; load_average says how busy the "
+    "machine was (above the core count, other jobs shared it and absolute seconds are inflated)"
 )
 CASES = ("full_build", "unchanged_rerun", "rewrite_1pct", "paragraph_edit_1pct", "delete_1pct")
 BATCH = 500  # peers' write/embed batch, the same as the pipeline's WEAVIATE_WRITE_PAGE_SIZE default
@@ -479,6 +479,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=0, help="use only the first N shared reports (a smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_peers.json")
     args = parser.parse_args()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # 1, 5 and 15 minutes
     settings = get_settings()
     chunker = chunker_config(settings)
     shared, _ = load_documents(str(ROOT / "data" / "documents"))
@@ -551,6 +552,7 @@ def main() -> None:
         f"--repeats {args.repeats} --full-repeats {args.full_repeats}",
         "machine_note": MACHINE_NOTE,
         "cpu_count": os.cpu_count(),
+        "load_average": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "full_build_corpus": describe_corpus(full_corpus, args.full_scale),
         "changed_cases_corpus": {
             **describe_corpus(corpus, args.scale),

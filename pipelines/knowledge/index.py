@@ -7,7 +7,8 @@ quality gate passes; earlier collections stay for rollback.
 Incremental runs never change what readers see before their gate accepts them.
 Every chunk carries `gen_from` (the generation that wrote it) and `gen_to` (the
 generation that retired it, 0 while current); the collection's description holds
-the live generation G. Readers see `gen_from <= G and (gen_to == 0 or gen_to > G)`.
+the live generation G. Readers see `gen_from <= G and not gen_to in {G-15..G}`
+(`visible_filter` says why it is phrased that way).
 A run writes its new chunks as G+1 and marks obsolete ones `gen_to = G+1`: both are
 invisible to readers until the commit raises G to G+1 in one schema update, after
 which retired chunks are deleted. A rejected or crashed run is undone by deleting
@@ -162,16 +163,33 @@ def live_generation(client: Any, collection: str) -> int | None:
     return int(value)
 
 
+# Retirements a reader at G hides by value: G and the generations just before it. An older one cannot exist:
+# each commit of G runs after its own run's reconcile deleted every chunk retired at or before G-1, and a
+# failed delete fails that run before its commit. The window is slack for that rule, and stays small because
+# each value costs the query a lookup (16 values: no measurable cost; 365: +4 ms on 2,000 chunks).
+RETIRED_WINDOW = 16
+
+
 def visible_filter(generation: int | None) -> Any:
-    """Chunks live at `generation`: written at or before it, and not retired at or before it."""
+    """Chunks live at `generation`: written at or before it, and not retired at or before it.
+
+    Phrased so that a chunk being retired or un-retired stays visible all through the update. Weaviate
+    updates a property by deleting its old index entry and then adding the new one, and evaluates each
+    leaf of a filter at its own instant. So `gen_to == 0 or gen_to > G` misses a chunk whose `gen_to` moves
+    0 -> G+1 (each leaf sees the other value, or none), and so does any range on `gen_to`; a negated
+    equality does not, since the chunk never holds a value it names. Measured with a reader at G while 20
+    chunks toggled 0 <-> G+1 for 4-5 s: 10 to 68 misses in 2,600-3,200 reads for the positive and range
+    forms, 0 in 3,409 for this one (tests/reliability/test_index_fail_closed.py checks it).
+    """
     if generation is None:
         return None
     from weaviate.classes.query import Filter
 
-    gen_to = Filter.by_property("gen_to")
-    return Filter.by_property("gen_from").less_or_equal(generation) & (
-        gen_to.equal(0) | gen_to.greater_than(generation)
-    )
+    visible = Filter.by_property("gen_from").less_or_equal(generation)  # never changes once written
+    retired = list(range(max(1, generation - RETIRED_WINDOW + 1), generation + 1))
+    if retired:  # generation 0 (a rebuild before its commit) has retired nothing
+        visible = visible & Filter.not_(Filter.by_property("gen_to").contains_any(retired))
+    return visible
 
 
 # A commit takes well under a second and runs at most daily: three commits during one read means something is

@@ -152,6 +152,55 @@ def test_a_query_that_read_the_generation_just_before_a_commit_sees_one_whole_ve
     )
 
 
+def test_chunks_being_retired_stay_visible_to_readers_of_the_live_generation(
+    indexed: Settings, embedder: Embedder
+) -> None:
+    """A run marks obsolete chunks `gen_to = G+1` while readers are at G: they must keep seeing every one.
+
+    Weaviate re-indexes an updated property by deleting its entry and then adding the new one, so a filter
+    that names the values a chunk passes through misses it now and then; the retirements are toggled for
+    seconds, which found 10 to 68 misses in about 3,000 reads with the earlier filter.
+    """
+    with idx.connect(indexed) as client:
+        live = idx.alias_target(client, indexed.collection_alias)
+        assert live is not None
+        generation = idx.live_generation(client, live)
+        assert generation is not None
+        retriever = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha)
+        target = sample_reports(N_REPORTS)[3]["_id"]
+        chunks = [h.chunk_id for h in retriever.search("report", k=200, mode="vector", filters={"doc_id": target})]
+        assert len(chunks) > 1
+        served: list[int] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            try:
+                with idx.connect(indexed) as own:
+                    mine = Retriever(own, embedder, indexed.collection_alias, indexed.hybrid_alpha)
+                    while not stop.is_set():
+                        hits = mine.search("report", k=200, mode="vector", filters={"doc_id": target})
+                        served.append(len(hits))
+            except BaseException as err:  # noqa: BLE001 - reported below: a dead reader checks nothing
+                errors.append(err)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        started, toggles = time.monotonic(), 0
+        try:
+            while time.monotonic() - started < 5:  # retire as the next run would, then undo as a rejection does
+                idx.retire_objects(client, live, chunks, generation + 1)
+                idx.retire_objects(client, live, chunks, 0)
+                toggles += 1
+        finally:
+            stop.set()
+            thread.join()
+    assert not errors, f"the reader failed: {errors[0]!r}"
+    assert len(served) > 200 and toggles > 20, "too few reads or retirements to observe the race"
+    partial = [n for n in served if n != len(chunks)]
+    assert not partial, f"{len(partial)} of {len(served)} reads missed chunks of a live document: {partial[:5]}"
+
+
 @pytest.fixture
 def whole_corpus(kb: Settings, embedder: Embedder) -> Settings:
     """The 42 shared reports indexed, with the real golden set measuring them."""
