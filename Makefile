@@ -50,7 +50,7 @@ test: setup test-deps  ## the whole test suite, both tiers, against real service
 bench: setup      ## benchmarks; results printed and saved under bench/results/ (the README tables' scales)
 	@$(VENV)/pip install -q -c constraints.txt -e ".[bench]"  # the peers (LangChain, LlamaIndex); never the product's
 	@$(VENV)/pipelines up --no-airflow
-	@$(VENV)/python bench/index_peers.py --scale 3 --repeats 3
+	@$(VENV)/python bench/index_peers.py --scale 3 --repeats 5
 	@$(VENV)/python bench/index_scale.py --scales 1 5 25
 	@$(VENV)/python bench/reindex.py --scale 4
 	@$(VENV)/python bench/train.py
