@@ -152,11 +152,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if not OWN_STATE:
         return
     logs = TEST_STATE / "stack" / "logs"
-    if config.stash.get(_SESSION_FAILED, False) and logs.is_dir():
-        kept = ARTIFACTS / "stack-logs" / (WORKER or "main")
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(logs, kept)
-    shutil.rmtree(TEST_STATE, ignore_errors=True)
+    try:
+        if config.stash.get(_SESSION_FAILED, False) and logs.is_dir():
+            kept = ARTIFACTS / "stack-logs" / (WORKER or "main")
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(logs, kept)
+    finally:  # the folder goes even when keeping the logs failed (a full disk is what this guards against)
+        shutil.rmtree(TEST_STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

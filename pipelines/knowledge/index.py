@@ -207,19 +207,39 @@ def read_live(client: Any, collection: str, query: Callable[[str, Any], T], atte
     anything). A full rebuild that moves the alias and drops the collection mid-query is retried the same way;
     any other error raises. Single node: a schema read lagging the shard on a cluster would defeat the check.
     """
+    last: Exception | None = None
     for _ in range(attempts):
         # Resolve the alias once per attempt: the generation read and the query must name the same collection.
         name = alias_target(client, collection) or collection
-        generation = live_generation(client, name)
         try:
+            generation = live_generation(client, name)
             result = query(name, visible_filter(generation))
             if live_generation(client, name) == generation:
                 return result
-        except Exception:
+        except Exception as err:
             if (alias_target(client, collection) or collection) == name:
                 raise  # a service error, not a rebuild moving the alias: the reader must not guess
+            last = err
         log.info("%s changed during a read; reading again", collection)
-    raise IndexingError(f"{collection} changed during each of {attempts} attempts at one read")
+    raise IndexingError(f"{collection} changed during each of {attempts} attempts at one read") from last
+
+
+def assert_no_stale_retirements(client: Any, collection: str, generation: int) -> None:
+    """Refuse to publish `generation` while a chunk retired before it (at or before the live one) is still stored.
+
+    `visible_filter` hides retirements by value within `RETIRED_WINDOW`; that is exact only because each run's
+    reconcile deletes every retirement at or before the live generation before the run commits. Checked here
+    (one range query; nothing is being updated at commit time) so that a broken rule fails the run, not readers.
+    """
+    from weaviate.classes.query import Filter
+
+    stale = Filter.by_property("gen_to").greater_than(0) & Filter.by_property("gen_to").less_than(generation)
+    found = client.collections.use(collection).query.fetch_objects(filters=stale, limit=1, return_properties=[])
+    if found.objects:
+        raise IndexingError(
+            f"{collection} still holds chunks retired before generation {generation} (e.g. {found.objects[0].uuid}); "
+            f"reconcile should have deleted them. Not publishing generation {generation}"
+        )
 
 
 def upsert_chunks(

@@ -559,6 +559,7 @@ def commit_index(
             for name in dropped:
                 IndexManifest.path_for(settings.manifest_dir, name).unlink(missing_ok=True)
             return idx.alias_target(client, settings.collection_alias), dropped
+        idx.assert_no_stale_retirements(client, result.collection, manifest.generation)
         manifest.save(settings.manifest_dir)
         crash_point(settings, "after_commit")
         idx.update_description(

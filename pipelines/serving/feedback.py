@@ -193,9 +193,9 @@ def _locked(session: Session, feedback_id: int) -> _Row:
 
 
 def _live_chunks(
-    client: Any, name: str, chunk_ids: Sequence[str], properties: Sequence[str], where: Any = None
+    client: Any, collection: str, chunk_ids: Sequence[str], properties: Sequence[str], where: Any = None
 ) -> dict[str, Mapping[str, Any]]:
-    """Chunk id -> properties of those `chunk_ids` readers of collection `name` see now (and `where` admits)."""
+    """Chunk id -> properties of those `chunk_ids` readers of `collection` (an alias) see now (and `where` admits)."""
     from weaviate.classes.query import Filter
 
     from pipelines.knowledge import index as idx
@@ -211,7 +211,7 @@ def _live_chunks(
         )
         return {str(obj.uuid): obj.properties for obj in found.objects}
 
-    return idx.read_live(client, name, fetch)  # one whole version, even when a commit lands mid-read
+    return idx.read_live(client, collection, fetch)  # one whole version, even when a commit lands mid-read
 
 
 def cited_chunks(
@@ -222,13 +222,11 @@ def cited_chunks(
     Raises FeedbackRefused when any of them is missing or not readable by the caller: a client cannot
     store text it may not read, nor text that is not in the index.
     """
-    from pipelines.knowledge import index as idx
     from pipelines.knowledge.retrieval import access_filter
 
     if not chunk_ids:
         return []
-    name = idx.alias_target(client, collection) or collection
-    by_id = _live_chunks(client, name, chunk_ids, ["doc_id", "title", "text", "acl"], access_filter(user_groups))
+    by_id = _live_chunks(client, collection, chunk_ids, ["doc_id", "title", "text", "acl"], access_filter(user_groups))
     missing = [c for c in chunk_ids if c not in by_id]
     if missing:
         raise FeedbackRefused(f"{len(missing)} cited chunk(s) are not in the index or not readable by you")
@@ -304,7 +302,7 @@ def served_acls(settings: Settings, chunk_ids: Sequence[str]) -> dict[str, tuple
         return {}
     with idx.connect(settings) as client:
         live = idx.alias_target(client, settings.collection_alias)
-        found = _live_chunks(client, live, ids, ["acl"]) if live is not None else {}
+        found = _live_chunks(client, settings.collection_alias, ids, ["acl"]) if live is not None else {}
     return {chunk_id: tuple(props.get("acl") or ()) for chunk_id, props in found.items()}
 
 

@@ -7,6 +7,7 @@ a tool `make test-deps` should have installed is missing).
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,7 @@ def suite(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
         (pytester.path / name).write_text(textwrap.dedent(body))
     # The conftest points the environment at a state folder of its own: give this session's back.
     environ = dict(os.environ)
+    os.environ.pop("PYTEST_XDIST_WORKER", None)  # the inner session is one process, whatever runs this one
     yield pytester
     os.environ.clear()
     os.environ.update(environ)
@@ -95,11 +97,12 @@ def test_a_session_removes_the_state_folder_it_made_and_keeps_the_logs_of_a_fail
             def test_fails(): raise AssertionError("red")
         """)
     )
+    artifacts = suite.path.parent / "test-artifacts" / "stack-logs" / "main"  # ARTIFACTS of the copied conftest
+    shutil.rmtree(artifacts, ignore_errors=True)  # shared by the tests of this pytest run's basetemp
     passed = suite.runpytest("-p", "no:cacheprovider", "unit/test_leaves_state.py::test_writes_a_service_log")
     passed.assert_outcomes(passed=1)
     assert list(scratch.iterdir()) == []
-    artifacts = suite.path.parent / "test-artifacts" / "stack-logs" / "main"  # ARTIFACTS of the copied conftest
-    assert not artifacts.exists()
+    assert not artifacts.exists(), "a passing session kept logs"
 
     failed = suite.runpytest("-p", "no:cacheprovider", "unit/test_leaves_state.py")
     failed.assert_outcomes(passed=1, failed=1)
