@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results"
 MACHINE_NOTE = (
-    "shared 2-core machine: other agents ran tests and benchmarks at the same time; one run per scale, "
-    "so read the slopes, not single seconds"
+    "load_average says how busy the machine was (above the core count, other jobs shared it and absolute "
+    "seconds are inflated)"
 )
 
 
@@ -182,6 +182,7 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.seed_cache)), flush=True)
         return
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # 1, 5 and 15 minutes
     results = []
     for scale in args.scales:
         cmd = [sys.executable, __file__, "--child", str(scale)]
@@ -193,10 +194,11 @@ def main() -> None:
             raise SystemExit(f"scale {scale} failed:\n{done.stderr[-4000:]}")
         results.append(json.loads(lines[-1][len("RESULT ") :]))
         print(json.dumps(results[-1]), flush=True)
-        save(results, "python bench/index_scale.py --scales " + " ".join(map(str, args.scales)))  # kept per scale
+        command = "python bench/index_scale.py --scales " + " ".join(map(str, args.scales))
+        save(results, command, load_at_start)  # kept per scale
 
 
-def save(results: list[dict[str, Any]], command: str) -> None:
+def save(results: list[dict[str, Any]], command: str, load_at_start: list[float]) -> None:
     """Write the JSON and the plot of the scales measured so far."""
     OUT.mkdir(parents=True, exist_ok=True)
     plot(results, OUT / "index_scale.png")
@@ -205,6 +207,7 @@ def save(results: list[dict[str, Any]], command: str) -> None:
         "command": command,
         "machine_note": MACHINE_NOTE,
         "cpu_count": os.cpu_count(),
+        "load_average": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "corpus_note": "k editions of the 42 shared reports differing only in id: distinct objects, shared vectors",
         "loglog_slopes_smallest_to_largest": {k: slope(results, k) for k in keys} if len(results) > 1 else {},
         "results": results,
