@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -211,6 +212,7 @@ class Pipelines:
             client.collections.delete(name)
         if idx.alias_target(client, self.settings.collection_alias):
             client.alias.delete(alias_name=self.settings.collection_alias)
+        shutil.rmtree(self.settings.state_dir, ignore_errors=True)  # manifests and run folders of this contender
 
 
 class _PeerReads:
@@ -257,9 +259,14 @@ class LangChainIndex(_PeerReads):
         self.name, self.cleanup, self.chunker = f"langchain-{cleanup}", cleanup, chunker
         self.collection, self.prop = f"BenchLc{cleanup[:4].capitalize()}{tag}", "doc_id"
         self.store = WeaviateVectorStore(client, index_name=self.collection, text_key="text", embedding=Encoder())
-        db = Path(tempfile.mkdtemp(prefix="bench-lc-")) / "records.sqlite"
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench-lc-"))
+        db = self.scratch / "records.sqlite"
         self.records = SQLRecordManager(f"weaviate/{self.collection}", db_url=f"sqlite:///{db}")
         self.records.create_schema()
+
+    def drop(self, client: Any) -> None:
+        super().drop(client)
+        shutil.rmtree(self.scratch, ignore_errors=True)  # the record manager's SQLite file
 
     def prepare(self, documents: list[Document]) -> Callable[[], None]:
         from langchain_core.documents import Document as LcDocument
