@@ -5,12 +5,13 @@ VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # Extra pytest arguments, e.g. `make check PYTEST_ARGS=-x` or `--junitxml=...` (.ci/run).
 PYTEST_ARGS ?=
-# pytest-xdist workers for the real-service tier, each with its own stack on its own ports (tests/conftest.py); a
-# file stays on one worker (--dist loadfile), so module fixtures are built once. 0 (default) runs one process: on
-# 2 cores two workers gained nothing (28 min 50 s against 28 min 21 s; the tests' summed time doubled, so the tier
-# is CPU-bound there). On a runner with more cores try TEST_WORKERS=<cores / 2>.
-TEST_WORKERS ?= 0
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+# pytest-xdist workers for the real-service tier, each with its own stack on its own ports (tests/conftest.py). Each
+# file is one unit of work (module fixtures are built once) and the model-training files share one (they run one
+# after another: see tests/conftest.py). On this 2-core machine, idle, 2 workers ran the tier in 21 min 10 s against
+# 30 min 9 s in one process: half of the one-process run is waiting (settle sleeps, Airflow polls, subprocesses).
+# TEST_WORKERS=0 runs one process; on a runner with more cores try TEST_WORKERS=<cores>.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: setup setup-python up down status demo check test test-integration test-deps bench lint format hooks
 

@@ -131,6 +131,7 @@ def test_hard_validation_failure_leaves_the_live_index_untouched(indexed: Settin
     assert IndexManifest.path_for(indexed.manifest_dir, alias_before or "").read_text() == manifest_before
 
 
+@pytest.mark.measures_quality
 def test_full_rebuild_swaps_the_alias_only_when_the_gate_passes(indexed: Settings, embedder: Embedder) -> None:
     first = _alias(indexed)
     strict = indexed.model_copy(update={"retrieval_tolerance": -1.0})  # demands +1.0 nDCG: must fail
@@ -237,6 +238,7 @@ def _all(settings: Settings) -> list[dict]:
         return [o.properties for o in client.collections.use(settings.collection_alias).iterator()]
 
 
+@pytest.mark.measures_quality
 def test_the_settle_wait_covers_weaviates_flush_of_a_bulk_write_after_a_quiet_spell(kb: Settings) -> None:
     """`evaluate` measures `settle_wait_s` after the last write: by then Weaviate must have flushed it.
 

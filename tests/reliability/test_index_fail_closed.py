@@ -258,6 +258,7 @@ def test_drop_that_leaves_one_of_42_documents_is_refused_before_writing(
     assert snapshot_collection(whole_corpus) == before
 
 
+@pytest.mark.measures_quality
 def test_gate_compares_with_the_reference_run_so_quality_cannot_drift_down(
     indexed: Settings, embedder: Embedder
 ) -> None:
@@ -307,6 +308,7 @@ def test_unreadable_file_deletes_nothing(indexed: Settings, embedder: Embedder) 
     assert any(q["document"].startswith("reports.jsonl:") for q in quarantine["quarantine"])
 
 
+@pytest.mark.measures_quality
 def test_a_full_rebuild_that_would_drop_an_unreadable_document_is_refused(
     indexed: Settings, embedder: Embedder
 ) -> None:
@@ -326,6 +328,7 @@ def test_a_full_rebuild_that_would_drop_an_unreadable_document_is_refused(
     assert not any(p["doc_id"] == "memo.md" for p in snapshot_collection(settings).values())
 
 
+@pytest.mark.measures_quality
 def test_corrupt_manifest_triggers_a_logged_full_rebuild(indexed: Settings, embedder: Embedder) -> None:
     import mlflow
 
@@ -416,6 +419,7 @@ def _ids_filter(ids: list[str]) -> Any:
     return Filter.by_id().contains_any(ids)
 
 
+@pytest.mark.measures_quality
 def test_a_reset_tracking_store_does_not_let_a_worse_index_pass_as_the_first_run(
     indexed: Settings, embedder: Embedder
 ) -> None:

@@ -115,3 +115,30 @@ def test_a_state_folder_named_by_the_developer_is_kept(suite: pytest.Pytester, m
     monkeypatch.setenv("PIPELINES_TEST_STATE", str(mine))
     suite.runpytest("-p", "no:cacheprovider", "unit/test_fast.py::test_passes").assert_outcomes(passed=1)
     assert (mine / "airflow-dagtest").is_dir()
+
+
+def test_under_xdist_the_training_files_run_one_after_another_on_one_worker(suite: pytest.Pytester) -> None:
+    """`make test-integration` runs two workers; two trainings at once would each keep both cores busy."""
+    log = suite.path / "ran.log"
+    body = f"""
+        import os, time
+        def _record(name):
+            start = time.time()
+            time.sleep(0.3)
+            with open({str(log)!r}, "a") as out:
+                out.write(f"{{os.environ['PYTEST_XDIST_WORKER']}} {{__file__}} {{name}} {{start}} {{time.time()}}\\n")
+        def test_a(): _record("a")
+        def test_b(): _record("b")
+    """
+    training = ["integration/test_retrain_lora.py", "model/test_adapter_behaviour.py"]
+    others = ["integration/test_quick.py", "reliability/test_other.py", "unit/test_more.py"]
+    for name in training + others:
+        (suite.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (suite.path / name).write_text(textwrap.dedent(body))
+    # The Makefile's flags (XDIST).
+    args = ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder", "-p", "no:cacheprovider", *training, *others]
+    suite.runpytest_subprocess(*args).assert_outcomes(passed=2 * len(training + others))
+    rows = [line.split() for line in log.read_text().splitlines()]
+    workers = {row[0] for row in rows if any(row[1].endswith(name) for name in training)}
+    assert len(workers) == 1, f"the training files ran on {sorted(workers)}"
+    assert len({row[0] for row in rows}) == 2, "the other files should use the second worker"
