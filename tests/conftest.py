@@ -72,7 +72,7 @@ from pipelines.settings import Settings  # noqa: E402
 # Tiers. Tests in these folders, or that use the real stack, need services or trained models: they get the
 # `integration` marker, which `make check` deselects (`-m "not integration"`) and `.ci/run` runs second.
 INTEGRATION_DIRS = {"integration", "reliability", "model"}
-SERVICE_FIXTURES = {"stack", "kb"}
+SERVICE_FIXTURES = {"stack", "airflow_stack", "kb"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,21 +93,29 @@ TRAINING_FILES = (
     "model/test_adapter_behaviour.py",  # 109 s
     "reliability/test_behaviour_fail_closed.py",  # 64 s
 )
+# The files that drive the stack's Airflow (`airflow_stack`) share a unit as well, so only one worker starts it.
+AIRFLOW_FILES = (
+    "integration/test_drops.py",  # 164 s
+    "integration/test_demo_runs_once.py",  # 47 s
+    "integration/test_ui_browser.py",  # 46 s
+    "integration/test_stack.py",  # 19 s
+    "reliability/test_drops_symlink.py",  # 10 s
+)
 # Units handed out first, longest first (one process, 2026-11-29): workers take units in collection order (the
 # Makefile passes --no-loadscope-reorder), and a long unit handed out last would run alone at the end.
 LONGEST_FIRST = (
     "training",  # 322 s
     "reliability/test_index_fail_closed.py",  # 300 s
     "reliability/test_crash_convergence.py",  # 296 s
+    "airflow",  # 286 s
     "integration/test_reindex.py",  # 242 s
-    "integration/test_drops.py",  # 164 s
 )
 
 
 def work_unit(nodeid: str) -> str:
-    """The xdist unit of a test: its file relative to tests/, or "training" for the model-training files."""
+    """The xdist unit of a test: its file relative to tests/, or "training" / "airflow" for those groups."""
     relative = nodeid.split("::", 1)[0].removeprefix("tests/")
-    return "training" if relative in TRAINING_FILES else relative
+    return "training" if relative in TRAINING_FILES else "airflow" if relative in AIRFLOW_FILES else relative
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own choice of scheduler (the hook takes the first answer)
@@ -203,12 +211,23 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Settings]:
-    """Weaviate, MLflow and Airflow, really started once per session and stopped by PID."""
-    stack_module.up(settings, with_airflow=True)
+    """Weaviate and MLflow, really started once per session and stopped by PID (with Airflow, if it was started)."""
+    stack_module.up(settings, with_airflow=False)
     try:
         yield settings
     finally:
         stack_module.down(settings)
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(stack: Settings) -> Settings:
+    """The stack with Airflow too (scheduler, DAG processor, triggerer, API server), started on first use.
+
+    Only the tests that drive the stack's Airflow ask for it: its four processes cost about a minute of CPU to
+    start and keep polling, and under xdist a worker that runs none of those tests never starts them.
+    """
+    stack_module.up(stack, with_airflow=True)  # Weaviate and MLflow are running: only Airflow starts
+    return stack
 
 
 @pytest.fixture(scope="session")

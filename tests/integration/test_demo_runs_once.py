@@ -32,7 +32,8 @@ def _wait(condition, what: str, timeout_s: float = 180):  # type: ignore[no-unty
     raise AssertionError(f"{what} within {timeout_s:.0f}s")
 
 
-def test_unpausing_for_the_demo_starts_only_the_demos_run(stack: Settings) -> None:
+def test_unpausing_for_the_demo_starts_only_the_demos_run(airflow_stack: Settings) -> None:
+    stack = airflow_stack
     api = AirflowApi(stack)
     api.wait_for_dag(DAG_ID)
     if _runs(api):  # a reused test state: start from the DAG as a fresh clone has it

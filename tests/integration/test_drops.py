@@ -20,9 +20,9 @@ RUN_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def api(stack: Settings) -> Iterator[AirflowApi]:
+def api(airflow_stack: Settings) -> Iterator[AirflowApi]:
     """The stack's Airflow with the watcher running and reindex_documents unpaused (paused again after)."""
-    api = AirflowApi(stack)
+    api = AirflowApi(airflow_stack)
     for dag_id in ("ingest_drops", "reindex_documents"):
         api.wait_for_dag(dag_id)
     assert not api.call("GET", "/dags/ingest_drops")["is_paused"], "the watcher must run without anyone unpausing it"

@@ -16,7 +16,8 @@ from pipelines.devstack import stack as stack_module
 from pipelines.settings import Settings
 
 
-def test_every_service_answers_its_health_endpoint(stack: Settings) -> None:
+def test_every_service_answers_its_health_endpoint(airflow_stack: Settings) -> None:
+    stack = airflow_stack
     assert requests.get(f"{stack.weaviate_http_url}/v1/.well-known/ready", timeout=5).status_code == 200
     assert requests.get(f"{stack.tracking_uri}/health", timeout=5).text.strip() == "OK"
     health = requests.get(f"{stack.airflow_url}/api/v2/monitor/health", timeout=5).json()
@@ -24,7 +25,8 @@ def test_every_service_answers_its_health_endpoint(stack: Settings) -> None:
         assert health[component]["status"] == "healthy", health
 
 
-def test_second_up_is_harmless_and_keeps_the_same_processes(stack: Settings) -> None:
+def test_second_up_is_harmless_and_keeps_the_same_processes(airflow_stack: Settings) -> None:
+    stack = airflow_stack
     before = stack_module.status(stack)
     stack_module.up(stack, with_airflow=True, echo=lambda _: None)
     assert stack_module.status(stack) == before
@@ -135,7 +137,8 @@ def _process_tree(roots: set[int]) -> set[int]:
     return tree
 
 
-def test_stack_listens_on_loopback_only(stack: Settings) -> None:
+def test_stack_listens_on_loopback_only(airflow_stack: Settings) -> None:
+    stack = airflow_stack
     pids = _process_tree({pid for pid in stack_module.status(stack).values() if pid})
     ours = _socket_inodes_of(pids)
     listening = [(addr, port) for addr, port, inode in _listening_sockets() if inode in ours]

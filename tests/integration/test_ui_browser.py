@@ -82,8 +82,9 @@ def _wait_for_run(api: AirflowApi, run_id: str, page, artifacts_dir: Path) -> st
 
 
 def test_operator_logs_in_sees_schedules_and_triggers_reindex_with_a_param(
-    stack: Settings, page, artifacts_dir: Path
+    airflow_stack: Settings, page, artifacts_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
+    stack = airflow_stack
     api = AirflowApi(stack)
     for dag_id in ("reindex_documents", "retrain_lora", "ingest_drops"):
         api.wait_for_dag(dag_id)

@@ -11,7 +11,8 @@ from pipelines.orchestration.api import AirflowApi
 from pipelines.settings import Settings
 
 
-def test_symlink_dropped_into_the_folder_is_refused_and_reported(stack: Settings, tmp_path: Path) -> None:
+def test_symlink_dropped_into_the_folder_is_refused_and_reported(airflow_stack: Settings, tmp_path: Path) -> None:
+    stack = airflow_stack
     api = AirflowApi(stack)
     api.wait_for_dag("ingest_drops")
     secret = tmp_path / "secrets.env"
