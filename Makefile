@@ -5,6 +5,8 @@ VENV := .venv/bin
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # Extra pytest arguments, e.g. `make check PYTEST_ARGS=-x` or `--junitxml=...` (.ci/run).
 PYTEST_ARGS ?=
+# Lint and format check, shared by `check` and `lint`.
+RUFF_CHECK = $(VENV)/ruff check pipelines dags tests bench && $(VENV)/ruff format --check pipelines dags tests bench
 # pytest-xdist workers for the real-service tier, each with its own stack on its own ports (tests/conftest.py). Each
 # file is one unit of work (module fixtures are built once) and the model-training files share one (they run one
 # after another: see tests/conftest.py). On this 2-core machine, idle, 2 workers ran the tier in 21 min 10 s against
@@ -37,7 +39,7 @@ demo: up          ## main job: re-index, retrain, promote, answer one question
 # report is printed after them, and check fails if either fails.
 check: setup-python  ## fast tier, starts no service: lint, format check, mypy, and every test not marked integration
 	@echo "check: ruff check, ruff format --check"
-	@$(VENV)/ruff check pipelines dags tests bench && $(VENV)/ruff format --check pipelines dags tests bench
+	@$(RUFF_CHECK)
 	@echo "check: mypy, beside the tests that need no service (unit, dags, data): pytest -m 'not integration'"
 	@report=$$(mktemp); $(VENV)/mypy > "$$report" 2>&1 & types=$$!; \
 	$(VENV)/pytest tests -m "not integration" $(PYTEST_ARGS); tests=$$?; \
@@ -63,7 +65,7 @@ bench: setup      ## benchmarks; results printed and saved under bench/results/ 
 	@$(VENV)/python bench/lora_quality.py
 
 lint:             ## ruff (lint + format check) and mypy; `make format` fixes what ruff can
-	@$(VENV)/ruff check pipelines dags tests bench && $(VENV)/ruff format --check pipelines dags tests bench && $(VENV)/mypy
+	@$(RUFF_CHECK) && $(VENV)/mypy
 
 format:
 	@$(VENV)/ruff check --fix pipelines dags tests bench && $(VENV)/ruff format pipelines dags tests bench

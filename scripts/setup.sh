@@ -21,7 +21,7 @@ deps=$(.venv/bin/python -c 'import json, tomllib
 print(json.dumps(tomllib.load(open("pyproject.toml", "rb"))["project"], sort_keys=True))')
 stamp=".venv/.installed-$(printf '%s\n' "$deps" | cat - constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing pinned packages (first time: ~10 min, torch is large; uv's cache serves later runs)"
+  echo "setup: installing pinned packages (6.7 GB the first time, torch is large; uv's cache serves later runs)"
   # uv installs the pins: it downloads in parallel and, from a warm cache, links files into .venv instead of
   # unpacking 7 GB of wheels again (torch's CUDA libraries are most of it), which is most of a fresh clone's set-up.
   # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE=1 is set (this machine,
