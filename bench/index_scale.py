@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +47,14 @@ def child(scale: int, seed_cache: Path | None) -> dict[str, Any]:
     from pipelines.knowledge.chunking import chunk_document
     from pipelines.knowledge.documents import Document, load_documents
     from pipelines.knowledge.embedding import Embedder, VectorCache
-    from pipelines.knowledge.reindex import chunker_config, commit_index, index_step, stage_documents, vectors_for
+    from pipelines.knowledge.reindex import (
+        chunker_config,
+        commit_index,
+        discard_index,
+        index_step,
+        stage_documents,
+        vectors_for,
+    )
     from pipelines.knowledge.retrieval import Retriever
     from pipelines.settings import get_settings
     from pipelines.tracking import tracked_run
@@ -82,11 +90,15 @@ def child(scale: int, seed_cache: Path | None) -> dict[str, Any]:
     encoder_rate = len(sample) / (time.perf_counter() - started)
     rss_before = psutil.Process().memory_info().rss
 
-    def run(docs: list[Document]) -> tuple[float, Any]:
+    def stage(docs: list[Document]) -> str:
         with tracked_run(settings, settings.reindex_experiment) as mlrun:
-            run_id = mlrun.info.run_id
+            run_id = str(mlrun.info.run_id)
         stage_documents(settings.state_dir / "runs" / run_id / "documents.jsonl", docs)
         (settings.state_dir / "runs" / run_id / "quarantined.json").write_text("{}")
+        return run_id
+
+    def run(docs: list[Document]) -> tuple[float, Any]:
+        run_id = stage(docs)
         started = time.perf_counter()
         result = index_step(settings, run_id, embedder=embedder, allow_mass_change=True)
         commit_index(settings, run_id, result)
@@ -102,6 +114,15 @@ def child(scale: int, seed_cache: Path | None) -> dict[str, Any]:
 
     queries = [json.loads(line)["text"] for line in (ROOT / "data/golden/queries.jsonl").read_text().splitlines()]
     latencies = []
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    # Untimed (tracemalloc slows allocation): the index step's own peak of Python and numpy allocations in one
+    # more full rebuild of the same corpus, which is then discarded. This is what grows with the corpus.
+    run_id = stage(documents)
+    tracemalloc.start()
+    traced = index_step(settings, run_id, full_rebuild=True, embedder=embedder, allow_mass_change=True)
+    traced_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    discard_index(settings, traced)
     with idx.connect(settings) as client:
         retriever = Retriever(client, embedder, settings.collection_alias, settings.hybrid_alpha)
         for query in queries[:5]:  # warm-up
@@ -114,7 +135,6 @@ def child(scale: int, seed_cache: Path | None) -> dict[str, Any]:
             client.collections.delete(name)
         client.alias.delete(alias_name=settings.collection_alias)
     shutil.rmtree(state, ignore_errors=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {
         "scale": scale,
         "documents": len(documents),
@@ -134,6 +154,7 @@ def child(scale: int, seed_cache: Path | None) -> dict[str, Any]:
         "rss_before_runs_mib": round(rss_before / 2**20, 1),
         "peak_rss_mib": round(peak / 2**20, 1),
         "peak_rss_growth_mib": round((peak - rss_before) / 2**20, 1),
+        "index_step_traced_peak_mib": round(traced_peak / 2**20, 1),
     }
 
 
@@ -157,11 +178,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     queries.legend(fontsize=8)
     memory.loglog(chunks, [max(r["peak_rss_growth_mib"], 0.1) for r in results], "o-",
                   label="peak RSS growth during the runs")  # fmt: skip
+    if all("index_step_traced_peak_mib" in r for r in results):
+        memory.loglog(chunks, [r["index_step_traced_peak_mib"] for r in results], "s-",
+                      label="index step's allocations (tracemalloc peak)")  # fmt: skip
     memory.set(xlabel="chunks in the corpus", ylabel="MiB", title="Memory of the indexing process")
     memory.legend(fontsize=8)
     for ax in (runs, queries, memory):
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Cost as the corpus grows (1x, 5x, 25x the shared reports; shared 2-core machine)", fontsize=10)
+    fig.suptitle(f"Cost as the corpus grows (1x, 5x, 25x the shared reports; {os.cpu_count()} cores)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -177,6 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 5, 25])
     parser.add_argument("--seed-cache", type=Path, default=None, help="a vector cache with the shared corpus's vectors")
+    parser.add_argument("--out", default="index_scale", help="stem of the JSON and PNG under bench/results/")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -195,14 +220,15 @@ def main() -> None:
         results.append(json.loads(lines[-1][len("RESULT ") :]))
         print(json.dumps(results[-1]), flush=True)
         command = "python bench/index_scale.py --scales " + " ".join(map(str, args.scales))
-        save(results, command, load_at_start)  # kept per scale
+        save(results, command, load_at_start, args.out)  # kept per scale
 
 
-def save(results: list[dict[str, Any]], command: str, load_at_start: list[float]) -> None:
+def save(results: list[dict[str, Any]], command: str, load_at_start: list[float], stem: str) -> None:
     """Write the JSON and the plot of the scales measured so far."""
     OUT.mkdir(parents=True, exist_ok=True)
-    plot(results, OUT / "index_scale.png")
+    plot(results, OUT / f"{stem}.png")
     keys = ("full_rebuild_s", "changed_1pct_s", "hybrid_latency_p50_ms", "hybrid_latency_p95_ms", "peak_rss_mib")
+    keys += ("index_step_traced_peak_mib",) if all("index_step_traced_peak_mib" in r for r in results) else ()
     out = {
         "command": command,
         "machine_note": MACHINE_NOTE,
@@ -212,9 +238,9 @@ def save(results: list[dict[str, Any]], command: str, load_at_start: list[float]
         "loglog_slopes_smallest_to_largest": {k: slope(results, k) for k in keys} if len(results) > 1 else {},
         "results": results,
     }
-    (OUT / "index_scale.json").write_text(json.dumps(out, indent=2))
+    (OUT / f"{stem}.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out["loglog_slopes_smallest_to_largest"]))
-    print(f"saved {OUT / 'index_scale.json'} and {OUT / 'index_scale.png'}")
+    print(f"saved {OUT / stem}.json and .png")
 
 
 if __name__ == "__main__":

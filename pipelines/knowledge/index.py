@@ -249,7 +249,6 @@ def upsert_chunks(
     vectors: np.ndarray,
     generation: int = 0,
     page_size: int = WRITE_PAGE,
-    after_page: Callable[[int], None] | None = None,
 ) -> int:
     """Write chunks with their vectors as `generation` through the batch API; any failed object raises."""
     if not chunks:
@@ -276,8 +275,6 @@ def upsert_chunks(
                 f"{len(result.errors)} of {len(page)} objects failed to write to {collection}; "
                 f"first: {chunks[start + index].uuid}: {error.message}"
             )
-        if after_page:
-            after_page(start + len(page))
     return len(chunks)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Mapping, Sequence
+import tempfile
+import weakref
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -123,11 +125,61 @@ class IndexManifest:
         return path
 
 
+class ChunkSpool:
+    """The chunks a plan writes, kept in an anonymous temporary file rather than in memory.
+
+    A full rebuild writes the whole corpus: held as `Chunk`s it costs about a kilobyte of text per chunk
+    on top of the documents (issue 12). Spooled, a run holds one page at a time. The file has no name,
+    so a crash leaves nothing behind; it is closed when the spool is.
+    """
+
+    def __init__(self, chunks: Iterable[Chunk] = ()) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._count = 0
+        self._close = weakref.finalize(self, self._file.close)
+        for chunk in chunks:
+            self.append(chunk)
+
+    def append(self, chunk: Chunk) -> None:
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(json.dumps(asdict(chunk), ensure_ascii=False).encode() + b"\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def pages(self, size: int) -> Iterator[list[Chunk]]:
+        """The chunks in order, `size` at a time (each page is read when it is asked for)."""
+        self._file.flush()
+        offset = 0
+        while True:
+            self._file.seek(offset)  # another page or an append may have moved the shared position
+            page = []
+            for _ in range(size):
+                line = self._file.readline()
+                if not line:
+                    break
+                offset += len(line)
+                row = json.loads(line)
+                page.append(Chunk(**{**row, "acl": tuple(row["acl"])}))
+            if page:
+                yield page
+            if len(page) < size:
+                return
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for page in self.pages(256):
+            yield from page
+
+    def close(self) -> None:
+        self._close()
+
+
 @dataclass
 class IndexPlan:
     """Everything an update must do, decided before anything is written."""
 
-    to_write: list[Chunk]  # new content: needs a vector (cache or encoder)
+    to_write: ChunkSpool  # new content: needs a vector (cache or encoder); spooled to disk
     to_move: dict[str, int]  # unchanged content at a new position: property update only
     to_delete: list[str]  # object ids that no longer belong to any document
     new_docs: list[str]
@@ -168,7 +220,7 @@ def no_looser(old: Sequence[str] | None, new: Sequence[str] | None) -> bool:
 
 
 def plan_update(
-    documents: Sequence[Document],
+    documents: Iterable[Document],
     previous: IndexManifest,
     chunker: ChunkerConfig,
     quarantined: Mapping[str, Sequence[str] | None] | Sequence[str] = (),
@@ -184,13 +236,15 @@ def plan_update(
     """
     declared = dict(quarantined) if isinstance(quarantined, Mapping) else dict.fromkeys(quarantined, None)
     manifest = IndexManifest(previous.collection, previous.embedding_model, chunker.signature())
-    to_write: list[Chunk] = []
+    to_write = ChunkSpool()
+    present: set[str] = set()
     to_move: dict[str, int] = {}
     kept_ids: set[str] = set()
     new: list[str] = []
     changed: list[str] = []
     unchanged: list[str] = []
-    for document in documents:
+    for document in documents:  # read once, one at a time: documents may stream from disk
+        present.add(document.id)
         old = previous.documents.get(document.id)
         if old is not None and old.content_hash == document.content_hash:
             unchanged.append(document.id)
@@ -212,7 +266,6 @@ def plan_update(
             document.source,
             tuple(document.acl),
         )
-    present = {d.id for d in documents}
     kept: list[str] = []
     withdrawn: list[str] = []
     for doc_id, entry in previous.documents.items():

@@ -37,7 +37,14 @@ from pipelines.knowledge.chunking import Chunk, ChunkerConfig
 from pipelines.knowledge.documents import Document, load_documents, load_options
 from pipelines.knowledge.embedding import Embedder, VectorCache
 from pipelines.knowledge.evaluation import Baseline, RetrievalGateDecision, evaluate_retrieval, gate, load_golden
-from pipelines.knowledge.manifest import IndexManifest, IndexPlan, ManifestCorrupt, change_share, plan_update
+from pipelines.knowledge.manifest import (
+    ChunkSpool,
+    IndexManifest,
+    IndexPlan,
+    ManifestCorrupt,
+    change_share,
+    plan_update,
+)
 from pipelines.knowledge.retrieval import Retriever
 from pipelines.knowledge.validation import enforce, validate_documents, validation_limits
 from pipelines.settings import Settings
@@ -106,9 +113,19 @@ def stage_documents(path: Path, documents: Sequence[Document]) -> None:
             out.write(json.dumps(asdict(document), ensure_ascii=False) + "\n")
 
 
-def read_staged(path: Path) -> list[Document]:
-    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
-    return [Document(**{**row, "acl": tuple(row["acl"])}) for row in rows]
+@dataclass(frozen=True)
+class StagedDocuments:
+    """A run's staged documents, read from disk one at a time on each pass (issue 12: a rebuild never holds
+    the corpus). Every pass reads the same file, which the validate step wrote once."""
+
+    path: Path
+
+    def __iter__(self) -> Iterator[Document]:
+        with self.path.open(encoding="utf-8") as rows:
+            for line in rows:
+                if line.strip():
+                    row = json.loads(line)
+                    yield Document(**{**row, "acl": tuple(row["acl"])})
 
 
 def validate_step(settings: Settings, tags: Mapping[str, str] | None = None) -> str:
@@ -223,6 +240,32 @@ def chunker_config(settings: Settings) -> ChunkerConfig:
     return ChunkerConfig(settings.embedding_model_path, settings.chunk_tokens, settings.chunk_overlap)
 
 
+def embed_and_write(
+    settings: Settings,
+    client: Any,
+    collection: str,
+    chunks: ChunkSpool,
+    generation: int,
+    embedder: Embedder,
+    cache: VectorCache,
+    crash_at: str,
+) -> tuple[int, float]:
+    """Embed (or take from the cache) and write `chunks` one page at a time. Returns (embedded, seconds embedding).
+
+    A page's vectors are cached before it is written, so a crashed run's successor embeds only the pages it
+    never reached; no more than one page of vectors (and of chunk text) is ever held (issue 12).
+    """
+    embedded, embed_s = 0, 0.0
+    for page in chunks.pages(settings.write_page_size):
+        started = time.perf_counter()
+        vectors, fresh = vectors_for(page, embedder, cache)
+        embed_s += time.perf_counter() - started
+        idx.upsert_chunks(client, collection, page, vectors, generation, settings.write_page_size)
+        embedded += fresh
+        crash_point(settings, crash_at)
+    return embedded, embed_s
+
+
 def vectors_for(chunks: Sequence[Chunk], embedder: Embedder, cache: VectorCache) -> tuple[np.ndarray, int]:
     """Vectors for `chunks`: from the cache where known, else from the encoder. Returns (vectors, embedded)."""
     cached = cache.get_many(embedder.signature, [c.content_hash for c in chunks])
@@ -246,8 +289,12 @@ def _client(settings: Settings, client: Any = None) -> Iterator[Any]:
             yield own
 
 
-def _read_run_inputs(run_dir: Path) -> tuple[list[Document], dict[str, list[str] | None], list[str], dict[str, str]]:
-    documents = read_staged(run_dir / "documents.jsonl")
+def _read_run_inputs(
+    run_dir: Path,
+) -> tuple[StagedDocuments, dict[str, list[str] | None], list[str], dict[str, str]]:
+    documents = StagedDocuments(run_dir / "documents.jsonl")
+    if not documents.path.is_file():  # fail here, before Weaviate is touched, not in the first pass
+        raise FileNotFoundError(f"{documents.path}: the run staged no documents; was its validate step run?")
     raw_quarantined = json.loads((run_dir / "quarantined.json").read_text())
     # A list (older runs, benchmarks): ACLs unknown, so a quarantined document's old version is withdrawn.
     quarantined = raw_quarantined if isinstance(raw_quarantined, dict) else dict.fromkeys(raw_quarantined)
@@ -459,30 +506,24 @@ def index_step(
             guard_plan = replace(plan, deleted_docs=sorted(live_ids - present), changed_docs=[])
             live_documents = len(live_ids)
         share = _guard_mass_change(settings, run_id, guard_plan, live_documents, allow_mass_change)
+        if guard_plan.to_write is not plan.to_write:
+            guard_plan.to_write.close()  # only its counts were needed
         timings["plan_and_chunk"] = time.perf_counter() - started
         crash_point(settings, "after_plan")
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            vectors, embedded = vectors_for(plan.to_write, embedder, cache)
-            timings["embed"] = time.perf_counter() - started
+            if not incremental:
+                # Generation 0 until the commit: even a direct query of the new collection sees nothing unevaluated.
+                idx.create_collection(
+                    client, collection, {"run_id": run_id, **version, "state": idx.BUILDING, "generation": 0}
+                )
+            point = "mid_write" if incremental else "full_mid_write"
+            embedded, timings["embed"] = embed_and_write(
+                settings, client, collection, plan.to_write, generation, embedder, cache, point
+            )
         finally:
             cache.close()
-        started = time.perf_counter()
-        if not incremental:
-            # Generation 0 until the commit: even a direct query of the new collection sees nothing unevaluated.
-            idx.create_collection(
-                client, collection, {"run_id": run_id, **version, "state": idx.BUILDING, "generation": 0}
-            )
-        point = "mid_write" if incremental else "full_mid_write"
-        idx.upsert_chunks(
-            client,
-            collection,
-            plan.to_write,
-            vectors,
-            generation,
-            settings.write_page_size,
-            after_page=lambda _n: crash_point(settings, point),
-        )
+            plan.to_write.close()
         crash_point(settings, "after_write")
         if incremental:  # full rebuilds start empty: nothing to retire
             idx.retire_objects(
@@ -493,7 +534,7 @@ def index_step(
                 after_page=lambda _n: crash_point(settings, "mid_retire"),
                 page_size=settings.write_page_size,
             )
-        timings["write"] = time.perf_counter() - started
+        timings["write"] = time.perf_counter() - started - timings["embed"]  # pages interleave the two
         if plan.to_write or plan.to_delete:
             (run_dir / WRITTEN_AT).write_text(str(time.time()))
         plan.manifest.generation = generation

@@ -269,3 +269,34 @@ def test_the_settle_wait_covers_weaviates_flush_of_a_bulk_write_after_a_quiet_sp
     assert flushed_after <= kb.settle_wait_s, (
         f"flushed {flushed_after:.1f} s after the write; the gate waits {kb.settle_wait_s} s"
     )
+
+
+def test_a_rebuild_embeds_and_writes_one_page_at_a_time(
+    indexed: Settings, embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vectors are held a page at a time, not for the whole corpus (issue 12), and the result is the same."""
+    # An empty vector cache, so every chunk goes through the encoder; pages of 5.
+    settings = indexed.model_copy(update={"write_page_size": 5, "vector_cache_file": tmp_path / "vectors.sqlite"})
+    events: list[tuple[str, int]] = []
+    real_embed, real_upsert = embedder.embed, idx.upsert_chunks
+
+    def embed(texts: list[str], progress: bool = False):  # type: ignore[no-untyped-def]
+        events.append(("embed", len(texts)))
+        return real_embed(texts, progress)
+
+    def upsert(client, collection, chunks, *args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append(("write", len(chunks)))
+        return real_upsert(client, collection, chunks, *args, **kwargs)
+
+    monkeypatch.setattr(embedder, "embed", embed)
+    monkeypatch.setattr(idx, "upsert_chunks", upsert)
+    report = run_reindex(settings, embedder=embedder, full_rebuild=True)
+    assert report.accepted and report.index.mode == "full"
+    chunks = report.index.counts["chunks_to_write"]
+    assert chunks > 10 and report.index.chunks_embedded == chunks
+    assert max(n for kind, n in events if kind == "embed") <= 5, f"the encoder got more than a page: {events}"
+    assert sum(n for kind, n in events if kind == "write") == chunks
+    # Interleaved: the first page is written before the second is embedded.
+    kinds = [kind for kind, _ in events]
+    assert kinds[:3] == ["embed", "write", "embed"], kinds[:6]
+    assert _count(settings) == chunks

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pipelines.knowledge.chunking import ChunkerConfig
+from pipelines.knowledge.chunking import Chunk, ChunkerConfig, chunk_document
 from pipelines.knowledge.documents import Document
 from pipelines.knowledge.manifest import IndexManifest, ManifestCorrupt, change_share, plan_update
+from pipelines.knowledge.reindex import StagedDocuments, stage_documents
 from pipelines.settings import Settings
 
 
@@ -146,3 +148,42 @@ def test_copies_of_one_id_with_different_acls_withdraw_the_old_version(config: C
         plan = plan_update([_doc("a")], previous, config, quarantined=declared)
         assert plan.withdrawn_docs == ["b"] and not plan.kept_docs
     assert declared_acls([replace(_doc("b"), acl=("hr",))] * 2, valid=set()) == {"b": ["hr"]}
+
+
+def _alive(kind: type, prefix: str) -> int:
+    """How many objects of `kind` belonging to documents whose id starts with `prefix` are in memory."""
+    gc.collect()
+    key = "doc_id" if kind is Chunk else "id"
+    return sum(1 for o in gc.get_objects() if type(o) is kind and getattr(o, key).startswith(prefix))
+
+
+def test_a_plan_keeps_the_chunks_it_writes_on_disk_not_in_memory(config: ChunkerConfig) -> None:
+    """A full rebuild writes the whole corpus: holding its chunks would cost the corpus's text again (issue 12)."""
+    docs = [_doc(f"spooled{i}") for i in range(12)]
+    plan = plan_update(docs, IndexManifest("C_1", "model", config.signature()), config)
+    assert len(plan.to_write) == plan.manifest.chunk_count > len(docs)
+    assert _alive(Chunk, "spooled") == 0, "the plan holds chunks in memory"
+    # Read back page by page: exactly what chunking made, in order, with nothing lost at page edges.
+    pages = list(plan.to_write.pages(7))
+    assert [len(p) for p in pages[:-1]] == [7] * (len(pages) - 1) and 1 <= len(pages[-1]) <= 7
+    assert [c for p in pages for c in p] == [c for d in docs for c in chunk_document(d, config)]
+
+
+def test_a_plan_reads_its_documents_once_so_they_can_stream_from_disk(config: ChunkerConfig) -> None:
+    docs = [_doc("a"), _doc("b")]
+    previous = _indexed(docs, config)
+    plan = plan_update(iter(docs), previous, config)  # a one-pass stream: a second read would see nothing
+    assert plan.unchanged_docs == ["a", "b"] and not plan.deleted_docs and not plan.to_delete
+
+
+def test_staged_documents_are_read_one_at_a_time(tmp_path: Path) -> None:
+    docs = [replace(_doc(f"staged{i}"), acl=("hr",)) for i in range(10)]
+    stage_documents(tmp_path / "documents.jsonl", docs)
+    staged = StagedDocuments(tmp_path / "documents.jsonl")
+    assert _alive(Document, "staged") == len(docs)  # this test's own list
+    del docs
+    most = 0
+    for _ in staged:
+        most = max(most, _alive(Document, "staged"))
+    assert most == 1, f"{most} staged documents were in memory at once"
+    assert [d.acl for d in staged] == [("hr",)] * 10, "each pass reads the file again, ACLs as tuples"
