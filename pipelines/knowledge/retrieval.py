@@ -39,15 +39,25 @@ class SearchHit:
     acl: tuple[str, ...]
 
 
+def property_filter(filters: Mapping[str, Any] | None) -> Any:
+    """Equality on every item of `filters` (AND), or None when there are none."""
+    from weaviate.classes.query import Filter
+
+    combined = None
+    for prop, value in (filters or {}).items():
+        one = Filter.by_property(prop).equal(value)
+        combined = one if combined is None else combined & one
+    return combined
+
+
 def access_filter(user_groups: Sequence[str], filters: Mapping[str, Any] | None = None) -> Any:
     """ACL filter (the caller's groups plus public) AND equality on `filters`."""
     from weaviate.classes.query import Filter
 
     groups = sorted({*user_groups, PUBLIC})
     combined = Filter.by_property("acl").contains_any(groups)
-    for prop, value in (filters or {}).items():
-        combined = combined & Filter.by_property(prop).equal(value)
-    return combined
+    extra = property_filter(filters)
+    return combined if extra is None else combined & extra
 
 
 class Retriever:
@@ -87,7 +97,8 @@ class Retriever:
         Readers get one whole version of the live index even when a commit lands mid-query (`idx.read_live`).
         """
         vector = None if mode == "bm25" else self.embedder.embed_query(query).tolist()
-        where = access_filter(user_groups, filters) if self.enforce_acl else None
+        # Without ACLs (the gate) the caller's property filters still apply: dropping them would widen the search.
+        where = access_filter(user_groups, filters) if self.enforce_acl else property_filter(filters)
 
         def run(name: str, visible: Any) -> list[SearchHit]:
             return self._query(name, visible, query, vector, k, alpha, where, mode)

@@ -166,6 +166,18 @@ def test_acl_filters_what_each_caller_can_retrieve(indexed: Settings, embedder: 
     assert all(set(h.acl) & {"public", "hr"} for h in hr)
 
 
+def test_a_search_without_acls_still_applies_the_callers_filters(indexed: Settings, embedder: Embedder) -> None:
+    """The gate's retriever reads every ACL; a property filter given to it must not be dropped with them."""
+    with idx.connect(indexed) as client:
+        retriever = Retriever(client, embedder, indexed.collection_alias, indexed.hybrid_alpha, enforce_acl=False)
+        unfiltered = retriever.search("revenue growth outlook", k=20)
+        wanted = unfiltered[-1].doc_id  # a document that is not the best match, so the filter must do the work
+        for mode in ("hybrid", "vector", "bm25"):
+            hits = retriever.search("revenue growth outlook", k=20, filters={"doc_id": wanted}, mode=mode)
+            assert hits and {h.doc_id for h in hits} == {wanted}, f"{mode}: {[h.doc_id for h in hits]}"
+    assert len({h.doc_id for h in unfiltered}) > 1
+
+
 # --- issue 6: chunk-level reuse, no gap, paginated deletes ---------------------------------
 
 
