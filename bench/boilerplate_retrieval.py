@@ -18,6 +18,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from benchkit import load_note
+
 from pipelines.devstack import stack
 from pipelines.knowledge import index as idx
 from pipelines.knowledge.embedding import Embedder
@@ -78,7 +80,7 @@ def main() -> None:
         "command": "python bench/boilerplate_retrieval.py",
         "corpus": "data/documents/business-reports.jsonl (42 reports)",
         "golden_set": "data/golden",
-        "machine_note": "2-core machine shared with other agents; only deterministic retrieval metrics are compared",
+        "machine_note": f"only deterministic retrieval metrics are compared; {load_note()}",
         **cases,
         "delta_after_minus_before": delta,
     }

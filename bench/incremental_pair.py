@@ -16,11 +16,12 @@ import argparse
 import json
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+
+from benchkit import scratch_dir
 
 import pipelines
 from pipelines.knowledge import index as idx
@@ -65,7 +66,7 @@ def main() -> None:
     embedder = Embedder(base.embedding_model_path, base.embedding_batch_size)
     settings = base.model_copy(
         update={
-            "state_dir": Path(tempfile.mkdtemp(prefix="bench-pair-")),
+            "state_dir": scratch_dir("bench-pair-"),
             "collection_alias": f"Pair{uuid.uuid4().hex[:6]}",
             "vector_cache_file": ROOT / "bench" / "results" / ".vectors.sqlite",
             "reindex_experiment": "bench-incremental-pair",

@@ -15,13 +15,13 @@ import argparse
 import json
 import platform
 import random
-import tempfile
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from benchkit import scratch_dir
 
 from pipelines.devstack import stack
 from pipelines.knowledge import index as idx
@@ -85,7 +85,7 @@ def document_level_replacement(settings: Settings, embedder: Embedder, edited: l
 
 
 def bench_corpus(base: Settings, documents: list[Document], embedder: Embedder, label: str) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
+    tmp = scratch_dir(f"bench-{label}-")
     settings = base.model_copy(
         update={
             "state_dir": tmp,

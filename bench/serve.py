@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from pipelines.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from benchkit import load_note, scratch_dir  # noqa: E402 - bench/ is on sys.path when run as a script
 from serving_support import register_adapter  # noqa: E402 - the tests' cheap adapter registration
 
 LEVELS = (1, 4, 16)
@@ -225,7 +225,7 @@ def main() -> None:
 
     base_settings = get_settings()
     stack.up(base_settings, with_airflow=False)
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    work = scratch_dir("bench-serve-")
     tag = uuid.uuid4().hex[:6]
     settings = base_settings.model_copy(
         update={
@@ -274,8 +274,8 @@ def main() -> None:
     results.update(
         {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "machine_note": "2-core machine shared with other agents' test runs while measured; compare ratios "
-            "between phases of this run, not absolute numbers across runs",
+            "machine_note": "compare ratios between phases of this run, not absolute numbers across runs; "
+            + load_note(),
             "settings": {
                 "generation_tokens": settings.eval_max_new_tokens,
                 "answer_contexts": settings.answer_contexts,

@@ -31,12 +31,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from benchkit import scratch_dir
 
 from pipelines.behaviour.base_model import BaseModel, load_model, load_tokenizer, resolve_base_model
 from pipelines.behaviour.dataset import InstructionRecord, load_training_data
@@ -182,7 +183,7 @@ def run_trainer(base: BaseModel, records: list[InstructionRecord], config: Train
     dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]  # labels: answer tokens only
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
     cls, clock, callback = clocked(Trainer)
-    args = TrainingArguments(**trainer_arguments(config, tempfile.mkdtemp(prefix="bench-trainer-")))
+    args = TrainingArguments(**trainer_arguments(config, str(scratch_dir("bench-trainer-"))))
     trainer = cls(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[callback])
     trainer.train()
     return trainer.model, clock
@@ -210,7 +211,7 @@ def sft_trainer(base: BaseModel, records: list[InstructionRecord], config: Train
         extra = {"padding_free": True, "max_length": None, "pad_to_multiple_of": None}
     elif variant == "sft_packing":
         extra = {"packing": True, "packing_strategy": "bfd", "max_length": config.max_seq_len}
-    sft_args = {**trainer_arguments(config, tempfile.mkdtemp(prefix="bench-sft-")), **extra}
+    sft_args = {**trainer_arguments(config, str(scratch_dir("bench-sft-"))), **extra}
     if variant != "sft":
         sft_args.pop("train_sampling_strategy")  # one row per batch / packed rows: no lengths to group by
     cls, clock, callback = clocked(SFTTrainer)

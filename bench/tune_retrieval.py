@@ -17,13 +17,14 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchkit import load_note, scratch_dir
 
 from pipelines.devstack import stack
 from pipelines.evalsplit import SPLIT_SALT, split_of
@@ -68,7 +69,7 @@ def build_index(base: Settings, embedder: Embedder) -> Settings:
     """Index the shared corpus into a fresh collection and let Weaviate flush it (BM25 statistics)."""
     settings = base.model_copy(
         update={
-            "state_dir": Path(tempfile.mkdtemp(prefix="tune-retrieval-")),
+            "state_dir": scratch_dir("tune-retrieval-"),
             "collection_alias": f"Tune{uuid.uuid4().hex[:6]}",
             "reindex_experiment": "bench-tune-retrieval",
         }
@@ -242,7 +243,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "command": f"python bench/tune_retrieval.py --salts {args.salts}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "machine_note": "shared with other agents; retrieval quality does not depend on load",
+        "machine_note": f"retrieval quality does not depend on load; {load_note()}",
         "corpus": "data/documents (42 business reports), golden: data/golden (50 queries)",
         "objective": OBJECTIVE,
         "selection_rule": "best tuning-half nDCG@5; ties: higher MRR, alpha nearest 0.5, title boost nearest 2",
