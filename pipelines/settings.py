@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     seed: int = Field(default=13, alias="SEED")
     eval_items: int = Field(default=12, alias="EVAL_ITEMS")
     eval_max_new_tokens: int = Field(default=56, alias="EVAL_MAX_NEW_TOKENS")
+    # Context-aware decoding (Shi et al., 2023) through transformers' classifier-free guidance: each token's
+    # scores are pushed away from what the model would say without the retrieved contexts. 1.0 is off.
+    # Answering and evaluation both read it, so the gate judges the decoding readers get. On the tuning half
+    # 1.25 raised strict grounding 0.33 -> 0.55 and 1.75 broke the house format (bench/context_guidance.py);
+    # off by default: the model alone then never abstains, and generation is about 3.5x slower on CPU.
+    answer_context_guidance: float = Field(default=1.0, ge=1.0, le=3.0, alias="ANSWER_CONTEXT_GUIDANCE")
     # Promotion gate: `auto` promotes a passing challenger, `manual` waits for a person.
     promotion_policy: str = Field(default="auto", alias="PROMOTION_POLICY")
     gate_min_gain: float = Field(default=0.05, alias="GATE_MIN_GAIN")

@@ -285,7 +285,14 @@ def answer_from_hits(
     else:
         prompt = chat_messages(question, contexts)
         texts, _, seconds = generate(
-            loaded.model, loaded.tokenizer, [prompt], settings.eval_max_new_tokens, batch_size=1, streamer=streamer
+            loaded.model,
+            loaded.tokenizer,
+            [prompt],
+            settings.eval_max_new_tokens,
+            batch_size=1,
+            streamer=streamer,
+            guidance=settings.answer_context_guidance,
+            negatives=[chat_messages(question, [])],
         )
         raw = texts[0].strip()
     citations, unknown, ok = cite(raw, hits)

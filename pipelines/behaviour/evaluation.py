@@ -36,6 +36,7 @@ class EvalConfig:
     items: int = 12  # the first N held-out records; 0 = all of them
     max_new_tokens: int = 64
     batch_size: int = 4
+    context_guidance: float = 1.0  # Settings.answer_context_guidance: 1.0 is plain greedy decoding
     min_support: float = 0.8
     # Answering's relevance floor (pipelines.behaviour.relevance): items below it count as abstentions in the
     # `served_*` shares, as a reader would get them; the gate's own scores are the model's alone. 0: off.
@@ -161,22 +162,40 @@ def generate(
     max_new_tokens: int,
     batch_size: int = 4,
     streamer: Any = None,
+    guidance: float = 1.0,
+    negatives: Sequence[list[dict[str, str]]] | None = None,
 ) -> tuple[list[str], int, float]:
     """Greedy answers to chat prompts: (texts, generated tokens, seconds).
 
-    `streamer` (a transformers streamer, with batch_size 1) receives tokens as they are generated.
+    `streamer` (a transformers streamer, with batch_size 1) receives tokens as they are generated. With
+    `guidance` above 1, each prompt's `negatives` entry (the same question without contexts) is the
+    unconditional branch of transformers' classifier-free guidance: context-aware decoding.
     """
     import torch
 
+    if guidance != 1.0 and (negatives is None or len(negatives) != len(prompts)):
+        raise ValueError("context guidance needs one context-free prompt per prompt")
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    # The guidance branch runs without position ids, so left padding would shift its positions: one at a time.
+    step = 1 if guidance != 1.0 else batch_size
     texts, new_tokens, seconds = [], 0, 0.0
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(prompts), step):
         chats = [
             tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-            for p in prompts[start : start + batch_size]
+            for p in prompts[start : start + step]
         ]
         batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        extra: dict[str, Any] = {}
+        if guidance != 1.0:
+            assert negatives is not None
+            chat = tokenizer.apply_chat_template(negatives[start], add_generation_prompt=True, tokenize=False)
+            negative = tokenizer([chat], return_tensors="pt", add_special_tokens=False).to(device)
+            extra = {
+                "guidance_scale": guidance,
+                "negative_prompt_ids": negative["input_ids"],
+                "negative_prompt_attention_mask": negative["attention_mask"],
+            }
         began = time.perf_counter()
         with torch.no_grad():
             out = model.generate(
@@ -186,6 +205,7 @@ def generate(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 streamer=streamer,
+                **extra,
             )
         seconds += time.perf_counter() - began
         generated = out[:, batch["input_ids"].shape[1] :]
@@ -237,7 +257,10 @@ def evaluate_model(
 
     subset = list(records[: config.items] if config.items > 0 else records)
     prompts = [chat_messages(r.question, r.contexts) for r in subset]
-    outputs, new_tokens, seconds = generate(model, tokenizer, prompts, config.max_new_tokens, config.batch_size)
+    negatives = [chat_messages(r.question, []) for r in subset]  # used only with context guidance
+    outputs, new_tokens, seconds = generate(
+        model, tokenizer, prompts, config.max_new_tokens, config.batch_size, None, config.context_guidance, negatives
+    )
     relevance = context_relevance(subset, config)
     items = [
         dataclasses.replace(

@@ -81,6 +81,7 @@ class RetrainRequest:
         evaluation = EvalConfig(
             items=int(o.get("eval_items", settings.eval_items)),
             max_new_tokens=settings.eval_max_new_tokens,
+            context_guidance=settings.answer_context_guidance,  # the decoding answering uses
             relevance_floor=settings.answer_relevance_floor,  # for the served_* shares; the gate reads the model alone
             embedding_model_path=settings.embedding_model_path,
         )
@@ -161,6 +162,7 @@ def validate_data(settings: Settings, request: RetrainRequest, tags: Mapping[str
             {
                 **request.train.as_params(),
                 "eval_items": request.evaluation.items,
+                "answer_context_guidance": request.evaluation.context_guidance,
                 "policy": request.policy.value,
                 **gate,
             }

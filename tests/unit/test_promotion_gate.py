@@ -154,3 +154,19 @@ def test_a_diverged_candidate_fails_the_gate_with_a_reason_instead_of_crashing_i
     assert not decision.passed
     assert any(r.startswith("FAIL: OOD cross-entropy rise over base") for r in decision.reasons), decision.reasons
     assert any(r.startswith("ok: ROUGE-L vs base") for r in decision.reasons)  # the other rules still judged
+
+
+def test_the_gate_evaluates_with_the_decoding_answering_uses() -> None:
+    """A champion judged under plain decoding but served with context guidance would be judged on other answers."""
+    from pipelines.behaviour.retrain import RetrainRequest
+    from pipelines.settings import Settings
+
+    settings = Settings().model_copy(update={"answer_context_guidance": 1.25})
+    assert RetrainRequest.from_settings(settings, {}).evaluation.context_guidance == 1.25
+
+
+def test_context_guidance_without_a_context_free_prompt_per_question_is_refused() -> None:
+    from pipelines.behaviour.evaluation import generate
+
+    with pytest.raises(ValueError, match="one context-free prompt per prompt"):
+        generate(None, None, [[{"role": "user", "content": "q"}]] * 2, 8, guidance=1.25, negatives=[[]])
