@@ -130,6 +130,20 @@ def _load(settings: Settings, version: str | None) -> AnsweringModel:
     return _MODELS[key]
 
 
+def decoding_note(gated: str | None, served: float) -> str | None:
+    """Why a champion's gate numbers may not describe what is served: it was judged under another decoding.
+
+    A version without the tag was registered before `ANSWER_CONTEXT_GUIDANCE` existed: judged with plain decoding.
+    """
+    try:
+        judged = 1.0 if gated is None else float(gated)
+    except ValueError:
+        return f"gated under an unreadable ANSWER_CONTEXT_GUIDANCE ({gated!r}), served at {served:g}"
+    if abs(judged - served) < 1e-9:
+        return None
+    return f"gated at ANSWER_CONTEXT_GUIDANCE={judged:g} but served at {served:g}: its gate judged other answers"
+
+
 def load_version(settings: Settings, version: str | None) -> AnsweringModel:
     """Load a registered version (its adapter verified against the recorded sha256), or the base model for None.
 
@@ -137,7 +151,7 @@ def load_version(settings: Settings, version: str | None) -> AnsweringModel:
     """
     import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, pick_device, resolve_base_model
-    from pipelines.behaviour.registry import adapter_sha256, download_version
+    from pipelines.behaviour.registry import GUIDANCE_TAG, adapter_sha256, download_version, version_tags
     from pipelines.tracking import configure
 
     if version is None:
@@ -153,6 +167,10 @@ def load_version(settings: Settings, version: str | None) -> AnsweringModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     description = f"{settings.registered_model}@champion (v{version})"
+    note = decoding_note(version_tags(settings, version).get(GUIDANCE_TAG), settings.answer_context_guidance)
+    if note:  # served all the same: refusing the champion would leave readers without answers
+        log.warning("%s: %s", description, note)
+        description += f" [{note}]"
     return AnsweringModel(parts["model"].eval(), tokenizer, description, version, adapter_sha256(local / "peft"))
 
 

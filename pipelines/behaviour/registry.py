@@ -35,6 +35,7 @@ DEFAULT_REASONS = ("", "manual promotion", "no reason given")  # defaults of the
 ADAPTER_ARTIFACT = "adapter"
 ADAPTER_HASH_TAG = "adapter.sha256"
 RUN_TAG = "retrain.run_id"  # the training run a version was registered from: one run, one version
+GUIDANCE_TAG = "eval.answer_context_guidance"  # the decoding the gate judged a version with
 
 
 class RegistryError(RuntimeError):
@@ -113,6 +114,11 @@ def verify_adapter(peft_dir: Path, expected: str | None, what: str) -> Path:
             f"({ADAPTER_HASH_TAG} {expected[:16]}…, found {found[:16]}…); refusing to load them"
         )
     return peft_dir
+
+
+def version_tags(settings: Settings, version: str, name: str | None = None) -> dict[str, str]:
+    """The tags of a registered version (an MLflow error raises)."""
+    return dict(_client(settings).get_model_version(name or settings.registered_model, version).tags)
 
 
 def download_version(settings: Settings, version: str, name: str | None = None) -> Path:

@@ -324,13 +324,15 @@ def summarise(reports: Sequence[ModelReport], champion: str | None) -> Evaluatio
 def register_candidate(settings: Settings, run_id: str, model_uri: str, summary: EvaluationSummary) -> str:
     """Register the adapter as a new version with lineage tags and point `challenger` at it."""
     import mlflow
-    from pipelines.behaviour.registry import CHALLENGER, move_alias, register
+    from pipelines.behaviour.registry import CHALLENGER, GUIDANCE_TAG, move_alias, register
 
     run = mlflow.get_run(run_id)
     prefixes = ("data.", "base_model.", "airflow.", "git_", "adapter.")
     lineage = {k: v for k, v in run.data.tags.items() if k.startswith(prefixes)}
     candidate = summary.scores["candidate"]
     tags = {**lineage, "mlflow.run_id_source": run_id, **{f"eval.{k}": f"{v:.4f}" for k, v in candidate.items()}}
+    # The decoding the gate judged with: serving compares it with its own (`answering.decoding_note`).
+    tags[GUIDANCE_TAG] = run.data.params.get("answer_context_guidance", "1.0")
     version = register(settings, model_uri, tags, run_id)
     move_alias(settings, CHALLENGER, version, actor=f"retrain run {run_id}", reason="new candidate from retraining")
     with _run(settings, run_id=run_id):

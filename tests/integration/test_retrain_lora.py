@@ -143,6 +143,7 @@ def test_good_run_registers_a_challenger_with_lineage_and_a_recorded_gate(env: S
     assert version.version == "1"
     assert version.tags["data.dvc_hash"] == tags["data.dvc_hash"]
     assert version.tags["gate.status"] == ("promoted" if metrics["gate.passed"] else "rejected")
+    assert version.tags["eval.answer_context_guidance"] == run.data.params["answer_context_guidance"] == "1.0"
     assert (_champion(env) == "1") == bool(metrics["gate.passed"])
     history = json.loads(client.get_model_version(env.registered_model, "1").tags["alias_history"])
     assert history[0]["alias"] == "challenger" and "retrain run" in history[0]["actor"]

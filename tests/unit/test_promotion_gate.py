@@ -170,3 +170,11 @@ def test_context_guidance_without_a_context_free_prompt_per_question_is_refused(
 
     with pytest.raises(ValueError, match="one context-free prompt per prompt"):
         generate(None, None, [[{"role": "user", "content": "q"}]] * 2, 8, guidance=1.25, negatives=[[]])
+
+
+def test_a_champion_served_with_another_decoding_than_it_was_gated_with_is_flagged() -> None:
+    from pipelines.behaviour.answering import decoding_note
+
+    assert decoding_note("1.25", 1.25) is None and decoding_note(None, 1.0) is None  # untagged: plain decoding
+    assert "gated at ANSWER_CONTEXT_GUIDANCE=1 but served at 1.25" in (decoding_note(None, 1.25) or "")
+    assert "unreadable" in (decoding_note("fast", 1.0) or "")
