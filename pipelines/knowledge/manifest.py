@@ -133,12 +133,10 @@ class ChunkSpool:
     so a crash leaves nothing behind; it is closed when the spool is.
     """
 
-    def __init__(self, chunks: Iterable[Chunk] = ()) -> None:
+    def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()
         self._count = 0
         self._close = weakref.finalize(self, self._file.close)
-        for chunk in chunks:
-            self.append(chunk)
 
     def append(self, chunk: Chunk) -> None:
         self._file.seek(0, os.SEEK_END)
@@ -166,10 +164,6 @@ class ChunkSpool:
                 yield page
             if len(page) < size:
                 return
-
-    def __iter__(self) -> Iterator[Chunk]:
-        for page in self.pages(256):
-            yield from page
 
     def close(self) -> None:
         self._close()
