@@ -60,6 +60,8 @@ bench: setup      ## benchmarks; results printed and saved under bench/results/ 
 	@$(VENV)/pipelines up --no-airflow
 	@$(VENV)/python bench/index_peers.py --scale 3 --repeats 5
 	@$(VENV)/python bench/index_scale.py --scales 1 5 25
+	@$(VENV)/python bench/tune_retrieval.py --salts 20
+	@$(VENV)/python bench/public_retrieval.py
 	@$(VENV)/python bench/reindex.py --scale 4
 	@$(VENV)/python bench/train.py
 	@$(VENV)/python bench/lora_quality.py

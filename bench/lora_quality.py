@@ -37,10 +37,18 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="default LORA_LEARNING_RATE")
     parser.add_argument("--top-layers", type=int, help="adapt only the top N layers, 0 = all (default LORA_TOP_LAYERS)")
     parser.add_argument("--eval-items", type=int, help="held-out questions per model (default EVAL_ITEMS)")
+    parser.add_argument("--kl-weight", type=float, help="KL to the base on prompt tokens (default LORA_KL_WEIGHT)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "lora_quality.json", help="where the raw results go")
     args = parser.parse_args()
     settings = get_settings()
     request = RetrainRequest.from_settings(
-        settings, {"steps": args.steps, "learning_rate": args.learning_rate, "eval_items": args.eval_items}
+        settings,
+        {
+            "steps": args.steps,
+            "learning_rate": args.learning_rate,
+            "eval_items": args.eval_items,
+            "kl_weight": args.kl_weight,
+        },
     )
     train = request.train if args.top_layers is None else replace(request.train, top_layers=args.top_layers)
     data = load_training_data(request.data_dir)
@@ -67,8 +75,8 @@ def main() -> None:
     print(f"ROUGE-L gain over base: {gain:+.3f} (gate: >= {request.thresholds.min_gain_over_base})")
     print(f"forgetting (OOD cross-entropy vs base): {rise:+.2%} (gate: <= {request.thresholds.max_forgetting:.0%})")
     print(f"training: {train.total_steps(len(data.train))} steps, {wall:.0f} s wall, {cpu:.0f} s CPU")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "lora_quality.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
@@ -82,6 +90,7 @@ def main() -> None:
                 "train_cpu_s": cpu,
                 "train_tokens_per_s": result.tokens_per_s,
                 "losses": result.losses,
+                "kl_to_base": result.drift,
                 "rouge_l_gain": gain,
                 "forgetting": rise,
                 "metrics": {**before.metrics(), **after.metrics()},

@@ -92,6 +92,7 @@ TRAINING_FILES = (
     "integration/test_retrain_lora.py",  # 149 s in one process
     "model/test_adapter_behaviour.py",  # 109 s
     "reliability/test_behaviour_fail_closed.py",  # 64 s
+    "model/test_kl_to_base.py",  # two 12-step runs
 )
 # The files that drive the stack's Airflow (`airflow_stack`) share a unit as well, so only one worker starts it.
 AIRFLOW_FILES = (

@@ -76,6 +76,7 @@ class RetrainRequest:
             lora_alpha=2 * int(o.get("lora_rank", settings.lora_rank)),
             max_seq_len=settings.lora_max_seq_len,
             top_layers=settings.lora_top_layers,
+            kl_weight=float(o.get("kl_weight", settings.lora_kl_weight)),
             seed=int(o.get("seed", settings.seed)),
         )
         evaluation = EvalConfig(
@@ -234,6 +235,8 @@ def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) ->
                 "final_train_loss": result.final_loss,
             }
         )
+        for step, drift in result.drift:  # the KL penalty's term (LORA_KL_WEIGHT > 0): how far from the base
+            mlflow.log_metric("train_kl_to_base", drift, step=step)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_losses(result.losses, Path(tmp) / "loss_curve.png")), "training")
         model_uri = log_adapter(result.model, tokenizer, base.path)
