@@ -140,8 +140,10 @@ class Settings(BaseSettings):
     # house format and forget less general English than all 30 (+4.2 % vs +7.8 % OOD cross-entropy
     # after 120 steps), and each step is cheaper because backward stops at the lowest adapted layer.
     lora_top_layers: int = Field(default=16, alias="LORA_TOP_LAYERS")
-    # KL to the base model on prompt tokens (pipelines.behaviour.training.TrainConfig.kl_weight): trades
-    # out-of-domain forgetting against how far the adapter moves. 0 = off (bench/lora_quality.py --kl-weight).
+    # KL to the base model on prompt tokens (pipelines.behaviour.training.TrainConfig.kl_weight). 0 = off.
+    # On the two-sentences-per-chunk recipe (546 records, 360 steps at 2e-3) it cut out-of-domain forgetting from
+    # +7.1 % (past the gate's 5 %) to +0.6 %, and 0.25 grounded best on the tuning half (0.73 strict). Off by
+    # default because that recipe's data is not the shipped data yet: see the README, "KL to the base".
     lora_kl_weight: float = Field(default=0.0, ge=0.0, alias="LORA_KL_WEIGHT")
     seed: int = Field(default=13, alias="SEED")
     eval_items: int = Field(default=12, alias="EVAL_ITEMS")
