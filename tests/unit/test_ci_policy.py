@@ -141,3 +141,18 @@ def test_under_xdist_the_training_files_share_one_worker(suite: pytest.Pytester)
     workers = {row[0] for row in rows if any(row[1].endswith(name) for name in training)}
     assert len(workers) == 1, f"the training files ran on {sorted(workers)}"
     assert len({row[0] for row in rows}) == 2, "the other files should use the second worker"
+
+
+def test_a_kept_test_state_gets_the_checkouts_sample_not_its_first_copy(tmp_path: Path) -> None:
+    """PIPELINES_TEST_STATE keeps its project between sessions; its data must follow the checkout's sample."""
+    from conftest import refresh_sample
+
+    source, project = tmp_path / "data", tmp_path / "project"
+    (source / "training").mkdir(parents=True)
+    train = source / "training" / "train.jsonl"
+    train.write_text('{"id": "old"}\n')
+    assert refresh_sample(project, source)
+    assert not refresh_sample(project, source), "an unchanged sample is not copied again"
+    train.write_text('{"id": "new"}\n')  # the checkout's training set changes between sessions
+    assert refresh_sample(project, source)
+    assert (project / "data" / "training" / "train.jsonl").read_text() == '{"id": "new"}\n'
