@@ -49,8 +49,8 @@ class TrainConfig:
     # Prompt positions per batch the KL is estimated on (drawn at random): the LM head is 49k x 576 on
     # SmolLM2, and projecting all ~1,000 prompt positions twice would cost more than the sample's accuracy buys.
     kl_positions: int = 128
-    # Rows of each batch the base pass runs on (0 = all). Two of four: the extra pass then costs about +14 %
-    # a step instead of +27 % (360 steps: 895 s with all four rows, over half of it the base pass's share).
+    # Rows of each batch the base pass runs on (0 = all). Two of four halve the pass's cost: 360 steps took 736 s
+    # on two rows and 895 s on all four (bench/results/lora_recipes/*-kl*.json, 2 CPU cores).
     kl_rows: int = 2
     warmup_ratio: float = 0.1
     seed: int = 13
@@ -200,6 +200,8 @@ def answer_and_drift(
         chosen = torch.randperm(len(batch["input_ids"]), generator=generator)[:kl_rows]
         where = where[torch.isin(where[:, 0], chosen)]
     where = where[torch.randperm(len(where), generator=generator)[:kl_positions]]
+    if not len(where):  # no prompt token at all (a record cut to its answer): nothing to hold near the base
+        return ce, ce.new_zeros(())
     rows, cols = where[:, 0].to(hidden.device), where[:, 1].to(hidden.device)
     used, slot = torch.unique(rows, return_inverse=True)  # slot: a sampled row's index among the rows passed
     first = lowest_adapted_layer(model)
