@@ -22,13 +22,12 @@ import platform
 import re
 import statistics
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchkit import load_note, scratch_dir
-from tune_retrieval import ALPHAS, FUSIONS, Config, run_config
+from benchkit import load_note
+from tune_retrieval import ALPHAS, FUSIONS, Config, index_fresh, run_config
 
 from pipelines.behaviour.intervals import mean_gain
 from pipelines.devstack import stack
@@ -36,9 +35,7 @@ from pipelines.knowledge import index as idx
 from pipelines.knowledge.documents import Document
 from pipelines.knowledge.embedding import Embedder
 from pipelines.knowledge.evaluation import GoldenSet
-from pipelines.knowledge.reindex import commit_index, index_step, stage_documents
 from pipelines.settings import Settings, get_settings
-from pipelines.tracking import tracked_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "vaswani_npl"
@@ -72,22 +69,14 @@ def load_collection(limit_docs: int = 0) -> tuple[list[Document], GoldenSet]:
 
 def build_index(base: Settings, embedder: Embedder, documents: list[Document]) -> tuple[Settings, dict[str, Any]]:
     """The pipeline's full rebuild into a fresh collection; returns its settings and the index step's timings."""
-    settings = base.model_copy(
-        update={
-            "state_dir": scratch_dir("public-retrieval-"),
-            "collection_alias": f"Npl{uuid.uuid4().hex[:6]}",
-            "reindex_experiment": "bench-public-retrieval",
-            "vector_cache_file": None,  # every vector is computed here, from this collection's text
-        }
+    settings, result = index_fresh(
+        base,
+        embedder,
+        documents,
+        "Npl",
+        # every vector is computed here, from this collection's text
+        {"reindex_experiment": "bench-public-retrieval", "vector_cache_file": None},
     )
-    with tracked_run(settings, settings.reindex_experiment) as run:
-        run_id = run.info.run_id
-    run_dir = settings.state_dir / "runs" / run_id
-    stage_documents(run_dir / "documents.jsonl", documents)
-    (run_dir / "quarantined.json").write_text("{}")
-    result = index_step(settings, run_id, full_rebuild=True, embedder=embedder, allow_mass_change=True)
-    commit_index(settings, run_id, result)
-    time.sleep(settings.settle_wait_s)  # let Weaviate flush, so BM25 statistics cover every object
     return settings, {"chunks": result.counts.get("chunks_to_write", 0), "timings_s": result.timings_s}
 
 

@@ -29,10 +29,10 @@ from benchkit import load_note, scratch_dir
 from pipelines.devstack import stack
 from pipelines.evalsplit import SPLIT_SALT, split_of
 from pipelines.knowledge import index as idx
-from pipelines.knowledge.documents import load_documents
+from pipelines.knowledge.documents import Document, load_documents
 from pipelines.knowledge.embedding import Embedder
 from pipelines.knowledge.evaluation import GoldenSet, load_golden, rank_documents
-from pipelines.knowledge.reindex import commit_index, index_step, stage_documents
+from pipelines.knowledge.reindex import IndexResult, commit_index, index_step, stage_documents
 from pipelines.settings import Settings, get_settings
 from pipelines.tracking import tracked_run
 
@@ -67,14 +67,25 @@ class Config:
 
 def build_index(base: Settings, embedder: Embedder) -> Settings:
     """Index the shared corpus into a fresh collection and let Weaviate flush it (BM25 statistics)."""
+    documents, _ = load_documents(str(ROOT / "data" / "documents"))
+    settings, _ = index_fresh(base, embedder, documents, "Tune", {"reindex_experiment": "bench-tune-retrieval"})
+    return settings
+
+
+def index_fresh(
+    base: Settings, embedder: Embedder, documents: Sequence[Document], alias_prefix: str, updates: Mapping[str, Any]
+) -> tuple[Settings, IndexResult]:
+    """The pipeline's full rebuild of `documents` into a fresh collection, committed and flushed (BM25 statistics).
+
+    Returns the settings that name the collection (`updates` applied) and the index step's result.
+    """
     settings = base.model_copy(
         update={
-            "state_dir": scratch_dir("tune-retrieval-"),
-            "collection_alias": f"Tune{uuid.uuid4().hex[:6]}",
-            "reindex_experiment": "bench-tune-retrieval",
+            "state_dir": scratch_dir(f"{alias_prefix.lower()}-index-"),
+            "collection_alias": f"{alias_prefix}{uuid.uuid4().hex[:6]}",
+            **updates,
         }
     )
-    documents, _ = load_documents(str(ROOT / "data" / "documents"))
     with tracked_run(settings, settings.reindex_experiment) as run:
         run_id = run.info.run_id
     run_dir = settings.state_dir / "runs" / run_id
@@ -83,7 +94,7 @@ def build_index(base: Settings, embedder: Embedder) -> Settings:
     result = index_step(settings, run_id, full_rebuild=True, embedder=embedder, allow_mass_change=True)
     commit_index(settings, run_id, result)
     time.sleep(settings.settle_wait_s)
-    return settings
+    return settings, result
 
 
 def run_config(client: Any, collection: str, config: Config, golden: GoldenSet, vectors: Mapping[str, list[float]]):  # type: ignore[no-untyped-def]
