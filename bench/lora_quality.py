@@ -4,7 +4,7 @@
 
 Trains SmolLM2-135M-Instruct (or BASE_MODEL) with exactly what a `retrain_lora` run uses (settings'
 LORA_* defaults; flags override them for a quick check) and scores base and candidate with the DAG's
-`evaluate_model` on the held-out questions and the out-of-domain texts. With the defaults about 3.5 min of
+`evaluate_model` on the held-out questions and the out-of-domain texts. With the defaults about 12.5 min of
 training on two idle CPU cores, plus about 6 min of evaluation with EVAL_ITEMS=0 (all 96 yardstick items).
 Prints the table, both halves, the verdict the promotion gate gives a first run and the training time, and
 writes the raw numbers to bench/results/lora_quality.json. `tests/model` asserts the same behaviours on a
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--eval-items", type=int, help="held-out questions per model (default EVAL_ITEMS)")
     parser.add_argument("--kl-weight", type=float, help="KL to the base on prompt tokens (default LORA_KL_WEIGHT)")
     parser.add_argument("--out", type=Path, default=RESULTS / "lora_quality.json", help="where the raw results go")
+    parser.add_argument("--save-adapter", type=Path, help="also save the trained adapter here (peft format)")
     args = parser.parse_args()
     settings = get_settings()
     request = RetrainRequest.from_settings(
@@ -59,6 +60,8 @@ def main() -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     result = train_adapter(model, tokenizer, data.train, train)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if args.save_adapter:  # for bench/context_guidance.py --adapter, or answering by hand
+        result.model.save_pretrained(str(args.save_adapter))
     after = evaluate_model("candidate", result.model, tokenizer, data.eval, data.ood, request.evaluation)
 
     rise, gain = forgetting(after, before), after.rouge_l - before.rouge_l

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -206,6 +207,8 @@ def version_data(settings: Settings, run_id: str) -> str:
 
 def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) -> str:
     """Train the adapter, log its loss curve and the adapter (no base weights); returns the model URI."""
+    from mlflow.entities import Metric
+
     import mlflow
     from pipelines.behaviour.base_model import load_model, load_tokenizer, resolve_base_model
     from pipelines.behaviour.dataset import load_training_data
@@ -235,8 +238,11 @@ def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) ->
                 "final_train_loss": result.final_loss,
             }
         )
-        for step, drift in result.drift:  # the KL penalty's term (LORA_KL_WEIGHT > 0): how far from the base
-            mlflow.log_metric("train_kl_to_base", drift, step=step)
+        if result.drift:  # the KL penalty's term (LORA_KL_WEIGHT > 0): how far from the base, one request for all
+            active, now = mlflow.active_run(), int(time.time() * 1000)
+            assert active is not None
+            drift = [Metric("train_kl_to_base", value, now, step) for step, value in result.drift]
+            mlflow.MlflowClient().log_batch(active.info.run_id, metrics=drift)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_losses(result.losses, Path(tmp) / "loss_curve.png")), "training")
         model_uri = log_adapter(result.model, tokenizer, base.path)

@@ -156,12 +156,17 @@ def _turns(record: InstructionRecord) -> list[str]:
         return []
 
 
+def eval_overlap_index(eval_records: Sequence[InstructionRecord]) -> _EvalIndex:
+    """What the leakage expectation compares training records with: eval questions and answers, exact and near."""
+    # The abstention sentence is the same in every set by design: it is a format, not a leaked answer.
+    texts = [t for r in eval_records for t in _turns(r) if t != abstention_answer()]
+    return _EvalIndex({_normal(t) for t in texts}, [shingles(t) for t in texts])
+
+
 def _frame(data: TrainingData, tokenizer: Any) -> Any:
     import pandas as pd
 
-    # The abstention sentence is the same in every set by design: it is a format, not a leaked answer.
-    texts = [t for r in data.eval for t in _turns(r) if t != abstention_answer()]
-    eval_index = _EvalIndex({_normal(t) for t in texts}, [shingles(t) for t in texts])
+    eval_index = eval_overlap_index(data.eval)
     rows = [_row(r, "train", tokenizer, eval_index) for r in data.train]
     rows += [_row(r, "eval", tokenizer, eval_index) for r in data.eval]
     return pd.DataFrame(rows)

@@ -18,7 +18,7 @@ def _report(chunk_id: str) -> str:
     return chunk_id.rpartition("_chunk_")[0] or chunk_id
 
 
-def test_a_fifth_of_training_records_abstain_over_contexts_that_cannot_answer() -> None:
+def test_the_abstention_share_of_training_records_abstains_over_contexts_that_cannot_answer() -> None:
     data = load_training_data(TRAINING)
     abstaining = [r for r in data.train if r.reference == abstention_answer()]
     assert abs(len(abstaining) - ABSTENTION_SHARE * len(data.train)) <= 1
