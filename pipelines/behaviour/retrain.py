@@ -239,10 +239,9 @@ def train_candidate(settings: Settings, request: RetrainRequest, run_id: str) ->
             }
         )
         if result.drift:  # the KL penalty's term (LORA_KL_WEIGHT > 0): how far from the base, one request for all
-            active, now = mlflow.active_run(), int(time.time() * 1000)
-            assert active is not None
+            now = int(time.time() * 1000)
             drift = [Metric("train_kl_to_base", value, now, step) for step, value in result.drift]
-            mlflow.MlflowClient().log_batch(active.info.run_id, metrics=drift)
+            mlflow.MlflowClient().log_batch(run_id, metrics=drift)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_losses(result.losses, Path(tmp) / "loss_curve.png")), "training")
         model_uri = log_adapter(result.model, tokenizer, base.path)
