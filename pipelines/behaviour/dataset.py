@@ -331,10 +331,12 @@ def _train_records(
             s for s in _sentences(chunk.text) if len(reports_of[s]) == 1 and not any(s in text for text in held_texts)
         ]
 
-    candidates = [c for c in chunks if c.id not in held_out and _is_plain(c.text) and trainable(c)]
+    # Each chunk's sentences are scanned against every held-out chunk once, not once per use.
+    usable = {c.id: trainable(c) for c in chunks if c.id not in held_out and _is_plain(c.text)}
+    candidates = [c for c in chunks if usable.get(c.id)]
     rng.shuffle(candidates)
     # Up to two records per chunk, each from another of its sentences: every chunk once, then a second pass.
-    chosen = [rng.sample(trainable(c), min(2, len(trainable(c)))) for c in candidates]
+    chosen = [rng.sample(usable[c.id], min(2, len(usable[c.id]))) for c in candidates]
     picks = [
         (c, sentences[r]) for r in (0, 1) for c, sentences in zip(candidates, chosen, strict=True) if len(sentences) > r
     ][:n]
